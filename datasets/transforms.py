@@ -1,0 +1,26 @@
+"""Image transforms and normalisation constants of the official loaders."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torchvision.transforms as T
+
+# (mean, std) per statistics set, as in the official loaders (official-behaviour §3.1-§3.6).
+NORMALIZATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276)),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "clothing1m": ((0.6959, 0.6537, 0.6371), (0.3113, 0.3192, 0.3214)),
+}
+
+
+def cifar_transforms(resolution: int, mean: Sequence[float],
+                     std: Sequence[float]) -> tuple[Callable, Callable]:
+    """Return (train, test) transforms: crop at 32 px, then resize, flip, tensor, normalise."""
+    # The official pipeline crops before resizing, so the 4-pixel padding is at 32 px scale.
+    resize = [] if resolution == 32 else [T.Resize(resolution)]
+    finish = [T.ToTensor(), T.Normalize(mean, std)]
+    train = T.Compose([T.RandomCrop(32, padding=4), *resize, T.RandomHorizontalFlip(), *finish])
+    test = T.Compose([*resize, *finish])
+    return train, test

@@ -1,0 +1,46 @@
+"""Build the models of each script from a Config."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from models.classifier import CLIPClassifier
+from models.clip_loader import load_clip, tokenizer_for
+from models.deft import DeFTModel
+from models.peft import TuningConfig
+from utils.config import Config
+
+
+def tuning_config(cfg: Config) -> TuningConfig:
+    """The PEFT / fine-tuning keys of the config as a TuningConfig."""
+    return TuningConfig(
+        vpt_shallow=cfg.vpt_shallow, vpt_deep=cfg.vpt_deep, vpt_len=cfg.vpt_len, lora=cfg.lora,
+        lora_dim=cfg.lora_dim, adapter=cfg.adapter, adapter_dim=cfg.adapter_dim,
+        adapter_mode=cfg.adapter_mode, ssf=cfg.ssf, bias_tuning=cfg.bias_tuning, partial=cfg.partial,
+        finetune=cfg.finetune, finetune_scope=cfg.finetune_scope)
+
+
+def build_deft_model(cfg: Config, class_names: Sequence[str], device: torch.device) -> DeFTModel:
+    """Phase-1 detector: pretrained CLIP, frozen, with the configured tuner and dual prompts."""
+    clip_model = load_clip(cfg.backbone, cfg.pretrained, cfg.precision, device)
+    for param in clip_model.parameters():
+        param.requires_grad_(False)
+    model = DeFTModel(clip_model, class_names, tokenizer_for(cfg.backbone), tuning_config(cfg),
+                      n_ctx=cfg.N_CTX, class_token_position=cfg.CLASS_TOKEN_POSITION)
+    return model.to(device)
+
+
+def build_clip_classifier(cfg: Config, class_names: Sequence[str], device: torch.device) -> CLIPClassifier:
+    """Phase-2 / baseline classifier: pretrained CLIP visual tower, tuner or FFT, new linear head."""
+    clip_model = load_clip(cfg.backbone, cfg.pretrained, cfg.precision, device)
+    for param in clip_model.parameters():
+        param.requires_grad_(False)
+    model = CLIPClassifier(clip_model, len(class_names), tuning_config(cfg), cfg.head_init, class_names,
+                           tokenizer_for(cfg.backbone))
+    return model.to(device)
+
+
+def count_parameters(params) -> int:
+    """Number of elements in an iterable of parameters."""
+    return sum(p.numel() for p in params)

@@ -1,0 +1,255 @@
+"""Experiment configuration: YAML -> typed schema with defaults -> CLI overrides -> saved copy.
+
+Every key has a type, a default and (where it matters) an allowed range or set of choices.
+Unknown keys fail with the closest valid key; `5e-4` written in YAML (a string for PyYAML)
+is coerced to a number. Defaults reproduce the official code (see README, "Differences").
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from utils.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value or key is invalid."""
+
+
+def _choice(*values: str) -> dict:
+    return {"choices": values}
+
+
+def _range(low: float | None = None, high: float | None = None) -> dict:
+    return {"range": (low, high)}
+
+
+@dataclass
+class Config:
+    """All keys a YAML file or `--opts` may set. Field order groups keys by topic."""
+
+    # ---- data ----
+    dataset: str = ""
+    data_path: str = ""
+    num_class: int = field(default=10, metadata=_range(2))
+    class_names: list = field(default_factory=list)
+    resolution: int = field(default=224, metadata=_range(8))
+    download: bool = True
+    normalize: str = field(default="dataset", metadata=_choice("dataset", "clip"))
+    num_workers: int = field(default=8, metadata=_range(0))
+    # ---- noise ----
+    noise_mode: str = ""
+    noise_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    noise_seed: Optional[int] = None  # None: official (training seed for sym/asym/str, 1 for idn)
+    noise_cache_dir: Optional[str] = None  # None: <data_path>/noise_file
+    sym_exclude_true: bool = False
+    # ---- model ----
+    model: str = "clip"
+    backbone: str = "ViT-B/16"
+    pretrained: Optional[str] = None  # tag or checkpoint path; None: the official OpenAI weights
+    precision: str = field(default="amp", metadata=_choice("amp", "fp32", "fp16"))
+    finetune: bool = False
+    finetune_scope: str = field(default="blocks", metadata=_choice("blocks", "all"))
+    bias_tuning: bool = False
+    vpt_shallow: bool = False
+    vpt_deep: bool = False
+    vpt_len: int = field(default=0, metadata=_range(0))
+    adapter: bool = False
+    adapter_dim: int = field(default=0, metadata=_range(0))
+    adapter_mode: str = field(default="residual", metadata=_choice("residual", "replace"))
+    lora: bool = False
+    lora_dim: int = field(default=0, metadata=_range(0))
+    ssf: bool = False
+    partial: Optional[int] = None
+    N_CTX: int = field(default=16, metadata=_range(1))
+    CLASS_TOKEN_POSITION: str = field(default="end", metadata=_choice("end", "middle", "front"))
+    head_init: str = field(default="random", metadata=_choice("random", "text"))
+    # ---- optimisation ----
+    epochs: int = field(default=10, metadata=_range(1))
+    warmup: int = field(default=0, metadata=_range(0))
+    batch_size: int = field(default=256, metadata=_range(1))
+    lr: float = field(default=0.03, metadata=_range(0.0))
+    weight_decay: float = field(default=5e-4, metadata=_range(0.0))
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    lr_schedule: str = field(default="cosine", metadata=_choice("cosine", "constant"))
+    lnl_methods: str = "CE"
+    is_coop: bool = False
+    # ---- phase-1 selection (defaults: main_phase1.py; the real-noise script changes them) ----
+    mask_source: str = field(default="online", metadata=_choice("online", "eval_pass"))
+    select_requires_argmax: bool = False
+    warmup_loss: str = field(default="ce", metadata=_choice("ce", "sce"))
+    noisy_prompt_labels_until: Optional[int] = None  # None: the warm-up epochs
+    # ---- phase 2 ----
+    clean_mask: Optional[str] = None  # None: the phase-1 run with the same dataset/noise/seed
+    phase2_batches: str = field(default="all_samples", metadata=_choice("all_samples", "clean_only"))
+    # ---- run ----
+    seed: int = 0
+    gpuid: Optional[int] = None
+    device: str = "auto"
+    output_dir: str = "output"
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        """The resolved configuration as plain YAML-serialisable values."""
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Convert `value` to the declared type of `key`, or raise ConfigError."""
+    hint = _HINTS[key]
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and base is not str):
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}' may not be null")
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)  # YAML 1.1 reads "5e-4" as a string
+        if base is str:
+            if isinstance(value, (list, dict)):
+                raise ValueError
+            return str(value)
+        if base is list:
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            return [str(v) for v in value]
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"config key '{key}' expects {getattr(base, '__name__', base)}, got {value!r}")
+
+
+def _check(cfg: Config) -> None:
+    """Range, choice and cross-key checks; raise ConfigError with the key and what is allowed."""
+    for key, f in _FIELDS.items():
+        value = getattr(cfg, key)
+        if value is None:
+            continue
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise ConfigError(f"config key '{key}' must be one of {list(f.metadata['choices'])}, got {value!r}")
+        if "range" in f.metadata:
+            low, high = f.metadata["range"]
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+                raise ConfigError(f"config key '{key}' must lie in {bounds}, got {value!r}")
+    if cfg.class_names and len(cfg.class_names) != cfg.num_class:
+        raise ConfigError(
+            f"num_class is {cfg.num_class} but class_names lists {len(cfg.class_names)} names; "
+            "they must agree")
+    if len(set(cfg.class_names)) != len(cfg.class_names):
+        dupes = sorted({n for n in cfg.class_names if cfg.class_names.count(n) > 1})
+        raise ConfigError(f"class_names has duplicates: {dupes}")
+    if cfg.warmup > cfg.epochs:
+        raise ConfigError(f"warmup ({cfg.warmup}) may not exceed epochs ({cfg.epochs})")
+    if cfg.partial is not None and cfg.partial < 1:
+        raise ConfigError(f"config key 'partial' must be a positive number of layers or null, got {cfg.partial}")
+
+
+def _unknown_key_error(key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(_FIELDS), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(
+        f"unknown config key '{key}' in {source}.{hint} Valid keys: {', '.join(sorted(_FIELDS))}")
+
+
+def apply_overrides(cfg: Config, values: dict, source: str) -> Config:
+    """Return a copy of `cfg` with `values` set (coerced and validated)."""
+    updated = dataclasses.replace(cfg)
+    for key, value in values.items():
+        if key not in _FIELDS:
+            raise _unknown_key_error(key, source)
+        setattr(updated, key, _coerce(key, value))
+    _check(updated)
+    return updated
+
+
+def load_yaml(path: str) -> dict:
+    """Read a YAML mapping, with a clear error for a missing file or a non-mapping."""
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, found {type(data).__name__}")
+    return data
+
+
+def parse_opts(opts: Sequence[str]) -> dict:
+    """Turn ['key=value', ...] into a dict; values are parsed as YAML scalars/lists."""
+    parsed = {}
+    for item in opts:
+        if "=" not in item:
+            raise ConfigError(f"--opts expects key=value pairs, got {item!r}")
+        key, raw = item.split("=", 1)
+        parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return parsed
+
+
+def build_arg_parser(description: str, flags: Sequence[str]) -> argparse.ArgumentParser:
+    """Argument parser with `--cfg`, the paper's flags named in `flags`, and the run controls."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cfg", required=True, help="YAML config file")
+    if "noise_mode" in flags:
+        parser.add_argument("--noise_mode", default=None, help="overrides noise_mode of the YAML")
+    if "noise_ratio" in flags:
+        parser.add_argument("--noise_ratio", type=float, default=None, help="overrides noise_ratio")
+    if "backbone" in flags:
+        parser.add_argument("--backbone", default=None, help="overrides backbone")
+    if "lnl_methods" in flags:
+        parser.add_argument("--lnl_methods", default=None, help="overrides lnl_methods")
+    if "clean_mask" in flags:
+        parser.add_argument("--clean_mask", default=None, help="path of a clean_mask.npy to train on")
+    parser.add_argument("--gpuid", type=int, default=None, help="CUDA device index (device: cuda:<gpuid>)")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="any other config key, e.g. --opts epochs=2 data_path=/data/cifar-100")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished run")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """Defaults -> YAML -> the paper's CLI flags -> --opts, validated at each step."""
+    cfg = apply_overrides(Config(), load_yaml(args.cfg), source=args.cfg)
+    flag_values = {key: getattr(args, key) for key in
+                   ("noise_mode", "noise_ratio", "backbone", "lnl_methods", "clean_mask", "gpuid")
+                   if getattr(args, key, None) is not None}
+    cfg = apply_overrides(cfg, flag_values, source="the command line")
+    return apply_overrides(cfg, parse_opts(args.opts), source="--opts")
+
+
+def save_config(cfg: Config, path: str) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from utils.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

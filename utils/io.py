@@ -1,0 +1,59 @@
+"""Atomic file writes: every output is written to a temporary file and renamed into place."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+def _atomic_write(path: str, write: Callable[[Any], None], binary: bool) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write text to `path` atomically."""
+    _atomic_write(path, lambda h: h.write(text), binary=False)
+
+
+def atomic_write_json(path: str, data: Any, indent: int | None = 2) -> None:
+    """Write JSON to `path` atomically (indented unless `indent=None`, e.g. for long label lists)."""
+    atomic_write_text(path, json.dumps(data, indent=indent, default=_json_default) + "\n")
+
+
+def atomic_save_numpy(path: str, array: np.ndarray) -> None:
+    """Save a NumPy array in .npy format to `path` atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    _atomic_write(path, lambda h: h.write(buffer.getvalue()), binary=True)
+
+
+def atomic_torch_save(path: str, obj: Any) -> None:
+    """torch.save to `path` atomically."""
+    _atomic_write(path, lambda h: torch.save(obj, h), binary=True)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")

@@ -1,0 +1,84 @@
+"""Clean-sample selection rules and how good a selection is.
+
+`dual_prompt_selection` is DeFT's rule (official-behaviour.md §1.1 step 3-4, §1.2); the
+metrics score a selection against the truly clean samples at dataset level (our default)
+and as the official per-batch mean (for comparison with the official progress line).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def pair_probabilities(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
+    """p_yes[i, c] = softmax over the pair (sg(l+), l-)[0] = sigmoid(l+ - l-), in fp32.
+
+    The positive logits are detached: the pair probability trains only the negative prompts.
+    """
+    return torch.sigmoid(pos_logits.detach().float() - neg_logits.float())  # (batch, num_classes)
+
+
+def dual_prompt_selection(p_yes: torch.Tensor, given_labels: torch.Tensor,
+                          requires_argmax: bool = False) -> torch.Tensor:
+    """Selected (clean) when p_yes[i, given_i] > 0.5, strictly; optionally also argmax_c p_yes = given."""
+    p_clean = p_yes.gather(1, given_labels.view(-1, 1)).squeeze(1)
+    selected = p_clean > 0.5
+    if requires_argmax:  # main_real_phase1.py's extra condition
+        selected = selected & (p_yes.argmax(dim=1) == given_labels)
+    return selected
+
+
+@dataclass
+class DetectionScores:
+    """Precision, recall and F1 of a selection against the truly clean samples."""
+
+    precision: float
+    recall: float
+    f1: float
+    num_selected: int
+    num_clean: int
+
+    def as_dict(self, prefix: str = "") -> dict:
+        return {f"{prefix}{k}": v for k, v in self.__dict__.items()}
+
+
+def detection_scores(selected: np.ndarray, is_clean: np.ndarray) -> DetectionScores:
+    """Dataset-level precision |S∩K|/|S|, recall |S∩K|/|K| and their F1 (0 where undefined)."""
+    selected = np.asarray(selected, dtype=bool)
+    is_clean = np.asarray(is_clean, dtype=bool)
+    hits = int(np.sum(selected & is_clean))
+    n_sel, n_clean = int(selected.sum()), int(is_clean.sum())
+    precision = hits / n_sel if n_sel else 0.0
+    recall = hits / n_clean if n_clean else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return DetectionScores(precision, recall, f1, n_sel, n_clean)
+
+
+class BatchMeanScores:
+    """The official per-batch mean of precision_b and recall_b (§1.1 step 10).
+
+    A batch with no selected sample adds nothing but still counts in the denominator; a batch
+    with no clean sample adds nothing to recall (the official code would add NaN/inf there).
+    """
+
+    def __init__(self) -> None:
+        self.precision_sum = 0.0
+        self.recall_sum = 0.0
+        self.num_batches = 0
+
+    def update(self, selected: np.ndarray, is_clean: np.ndarray) -> None:
+        self.num_batches += 1
+        n_sel = int(selected.sum())
+        if n_sel == 0:
+            return
+        hits = int(np.sum(selected & is_clean))
+        self.precision_sum += hits / n_sel
+        n_clean = int(is_clean.sum())
+        if n_clean:
+            self.recall_sum += hits / n_clean
+
+    def result(self) -> dict:
+        n = max(self.num_batches, 1)
+        return {"batch_mean_precision": self.precision_sum / n, "batch_mean_recall": self.recall_sum / n}
