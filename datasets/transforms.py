@@ -12,6 +12,7 @@ NORMALIZATION = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "clothing1m": ((0.6959, 0.6537, 0.6371), (0.3113, 0.3192, 0.3214)),
+    "fashion_mnist": ((0.2860, 0.2860, 0.2860), (0.3530, 0.3530, 0.3530)),  # grey repeated to RGB
 }
 
 
@@ -22,5 +23,15 @@ def cifar_transforms(resolution: int, mean: Sequence[float],
     resize = [] if resolution == 32 else [T.Resize(resolution)]
     finish = [T.ToTensor(), T.Normalize(mean, std)]
     train = T.Compose([T.RandomCrop(32, padding=4), *resize, T.RandomHorizontalFlip(), *finish])
+    test = T.Compose([*resize, *finish])
+    return train, test
+
+
+def fashion_mnist_transforms(resolution: int, mean: Sequence[float],
+                             std: Sequence[float]) -> tuple[Callable, Callable]:
+    """Return (train, test) transforms of the miniature: crop at 28 px with 2 px padding, resize, flip."""
+    resize = [] if resolution == 28 else [T.Resize(resolution)]
+    finish = [T.ToTensor(), T.Normalize(mean, std)]
+    train = T.Compose([T.RandomCrop(28, padding=2), *resize, T.RandomHorizontalFlip(), *finish])
     test = T.Compose([*resize, *finish])
     return train, test

@@ -43,6 +43,8 @@ class Config:
     download: bool = True
     normalize: str = field(default="dataset", metadata=_choice("dataset", "clip"))
     num_workers: int = field(default=8, metadata=_range(0))
+    pretrain_split: int = field(default=30000, metadata=_range(0))  # fashion_mnist: images kept for CLIP pre-training
+    max_train_samples: Optional[int] = None  # fashion_mnist: cap on the downstream training set
     # ---- noise ----
     noise_mode: str = ""
     noise_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))
