@@ -16,30 +16,32 @@ import torch
 
 from datasets import build_datasets
 from models.build import build_deft_model, count_parameters
-from utils.clean_mask import save_clean_mask
+from utils.clean_mask import mask_metadata as shared_mask_metadata, save_clean_mask
 from utils.config import Config, build_arg_parser, resolve_config
-from utils.engine import (Experiment, accuracy, make_grad_scaler, make_loader, make_scheduler, make_sgd,
-                          predict, train_one_epoch)
+from utils.engine import (Experiment, accuracy_summary, evaluate, make_grad_scaler, make_loader, make_scheduler,
+                          make_sgd, make_test_loaders, predict, train_one_epoch)
 from utils.errors import run_cli
 from utils.losses import deft_phase1_loss
 from utils.run_dir import run_path
-from utils.selection import BatchMeanScores, detection_scores, dual_prompt_selection, pair_probabilities
+from utils.selection import (BatchMeanScores, dual_prompt_selection, mask_scores, pair_probabilities,
+                             selection_record)
 
 SCRIPT = "phase1"
 
 
-def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT) -> dict:
-    """Run phase 1 and return its summary."""
-    args = build_arg_parser(__doc__, flags=("noise_mode", "noise_ratio")).parse_args(argv)
-    cfg = resolve_config(args)
+def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: Optional[dict] = None,
+         description: Optional[str] = None) -> dict:
+    """Run phase 1 and return its summary (`defaults`: config values applied before the YAML)."""
+    args = build_arg_parser(description or __doc__, flags=("noise_mode", "noise_ratio")).parse_args(argv)
+    cfg = resolve_config(args, defaults)
     exp = Experiment(cfg, script, run_path(cfg, script), resume=args.resume, overwrite=args.overwrite)
 
     # 1. Data: the noisy training set (given labels) and, where known, which labels are truly clean.
     data = build_datasets(cfg)
     train_loader = make_loader(data.train, cfg.batch_size, True, cfg.num_workers, exp.device)
-    test_loader = make_loader(data.test, cfg.batch_size, False, cfg.num_workers, exp.device)
+    test_loaders = make_test_loaders(data, cfg.batch_size, cfg.num_workers, exp.device)  # + WebVision's ImageNet val
     num_samples = len(data.train)
-    is_clean = None if data.train.is_noisy is None else ~np.asarray(data.train.is_noisy)
+    is_clean = data.train.is_clean
     exp.log.info(f"train {num_samples} samples, test {len(data.test)}, noise {data.noise_info}")
 
     # 2. Model: frozen CLIP + tuner + dual prompts; SGD over [tuner] and [prompt contexts].
@@ -74,8 +76,11 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT) -> dict:
         model.train()
         record = train_one_epoch(step, train_loader, optimizer, scaler, cfg.precision, exp.device, epoch,
                                  cfg.progress)
-        record["test_acc"] = evaluate(model, test_loader, cfg, exp.device)
-        record.update(selection_record(selection, is_clean, batch_scores))
+        with torch.no_grad():
+            text_features = model.text_features()  # once per evaluation, not per test batch
+        record.update(evaluate(model, test_loaders, cfg.precision, exp.device,
+                               forward=lambda x: model(x, text_features)[0]))  # positive-prompt classifier
+        record.update(selection_record(selection, is_clean, batch_scores=batch_scores))
         exp.extra["selection"] = selection
         exp.end_epoch(epoch, record)
 
@@ -83,29 +88,14 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT) -> dict:
     clean_mask = exp.extra["selection"]
     if cfg.mask_source == "eval_pass":
         clean_mask = scoring_pass(model, data.eval, cfg, exp.device)
-    mask_scores = detection_scores(clean_mask, is_clean).as_dict("mask_") if is_clean is not None else {}
-    metadata = mask_metadata(cfg, data, num_samples, script)
-    metadata.update(mask_scores)
-    mask_path = save_clean_mask(exp.run_dir, clean_mask, metadata)
+    scores = mask_scores(clean_mask, is_clean)
+    mask_path = save_clean_mask(exp.run_dir, clean_mask, {**mask_metadata(cfg, data, num_samples, script), **scores})
 
     summary = {"script": script, "dataset": cfg.dataset, "noise": data.noise_info,
                "num_samples": num_samples, "num_selected": int(clean_mask.sum()),
-               "clean_mask": mask_path, "mask_source": cfg.mask_source, **mask_scores,
-               "last_test_acc": exp.history[-1]["test_acc"],
-               "best_test_acc": max(r["test_acc"] for r in exp.history),
-               "detection_metrics": "computed" if is_clean is not None else "unavailable: no true labels"}
+               "clean_mask": mask_path, "mask_source": cfg.mask_source, **scores, **accuracy_summary(exp.history)}
     exp.finish(summary)
     return summary
-
-
-def evaluate(model, loader, cfg: Config, device: torch.device) -> float:
-    """Test accuracy of the positive-prompt classifier; text features computed once."""
-    model.eval()
-    with torch.no_grad():
-        text_features = model.text_features()
-    logits, labels = predict(lambda x: model(x, text_features)[0], loader, cfg.precision, device)
-    model.train()
-    return accuracy(logits, labels)
 
 
 def scoring_pass(model, eval_set, cfg: Config, device: torch.device) -> np.ndarray:
@@ -119,26 +109,10 @@ def scoring_pass(model, eval_set, cfg: Config, device: torch.device) -> np.ndarr
     return dual_prompt_selection(p_yes, given_labels, cfg.select_requires_argmax).numpy()
 
 
-def selection_record(selection: np.ndarray, is_clean: Optional[np.ndarray], batch_scores: BatchMeanScores) -> dict:
-    """Dataset-level precision/recall/F1 of this epoch's selection, plus the official batch means."""
-    record = {"num_selected": int(selection.sum())}
-    if is_clean is None:
-        record["detection"] = "unavailable: no true labels"
-        return record
-    scores = detection_scores(selection, is_clean)
-    record.update({"precision": scores.precision, "recall": scores.recall, "f1": scores.f1})
-    record.update(batch_scores.result())
-    return record
-
-
 def mask_metadata(cfg: Config, data, num_samples: int, script: str) -> dict:
     """What identifies the data a mask belongs to, and how it was made."""
     rule = "p_yes[i, given_i] > 0.5" + (" and argmax_c p_yes[i, c] == given_i" if cfg.select_requires_argmax else "")
-    return {"dataset": cfg.dataset, "num_samples": num_samples, "noise_mode": cfg.noise_mode,
-            "noise_ratio": cfg.noise_ratio, "noise_seed": data.noise_info.get("seed"), "seed": cfg.seed,
-            "actual_noise_rate": data.noise_info.get("actual_rate"),
-            "given_labels_sha256": data.given_labels_sha256, "sample_ids": getattr(data, "sample_ids", None),
-            "selection_rule": rule, "mask_source": cfg.mask_source, "epochs": cfg.epochs, "created_by": script}
+    return shared_mask_metadata(cfg, data, num_samples, script, rule, cfg.mask_source, method="DeFT")
 
 
 if __name__ == "__main__":

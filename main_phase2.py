@@ -17,11 +17,13 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 from datasets import build_datasets
-from models.build import build_clip_classifier, count_parameters
-from utils.clean_mask import MASK_FILE, load_clean_mask
+from datasets.build import pin_subsample
+from models.build import build_classifier, count_parameters
+from models.timm_backbones import backbone_normalization, backbone_run_suffix, optimizer_settings
+from utils.clean_mask import MASK_FILE, load_clean_mask, mask_metadata_path, mask_method
 from utils.config import build_arg_parser, resolve_config
-from utils.engine import (Experiment, accuracy, make_grad_scaler, make_loader, make_scheduler, make_sgd,
-                          predict, train_one_epoch)
+from utils.engine import (Experiment, accuracy_summary, evaluate, make_grad_scaler, make_loader, make_optimizer,
+                          make_scheduler, make_test_loaders, train_one_epoch)
 from utils.errors import run_cli
 from utils.losses import masked_mean
 from utils.run_dir import run_path
@@ -29,16 +31,22 @@ from utils.run_dir import run_path
 SCRIPT = "phase2"
 
 
-def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, mask_script: str = "phase1") -> dict:
-    """Run phase 2 and return its summary."""
-    parser = build_arg_parser(__doc__, flags=("noise_mode", "noise_ratio", "backbone", "clean_mask"))
+def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, mask_script: str = "phase1",
+         defaults: Optional[dict] = None, description: Optional[str] = None) -> dict:
+    """Run phase 2 and return its summary (`defaults`: config values applied before the YAML)."""
+    parser = build_arg_parser(description or __doc__, flags=("noise_mode", "noise_ratio", "backbone", "clean_mask"))
     args = parser.parse_args(argv)
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, defaults)
     mask_path = cfg.clean_mask or os.path.join(run_path(cfg, mask_script), MASK_FILE)
-    exp = Experiment(cfg, script, run_path(cfg, script), resume=args.resume, overwrite=args.overwrite)
+    cfg = pin_subsample(cfg, mask_metadata_path(mask_path))  # Clothing1M: exactly phase 1's subsample
+    # A timm backbone or a baseline's mask (GMM, TURN, ...) gets its own run: phase2_resnet_from_gmm/...
+    method = mask_method(mask_path)
+    mask_suffix = "" if method in (None, "DeFT") else f"_from_{method.lower()}"
+    run_name = script + backbone_run_suffix(cfg.backbone) + mask_suffix
+    exp = Experiment(cfg, script, run_path(cfg, run_name), resume=args.resume, overwrite=args.overwrite)
 
     # 1. Data, and the clean mask checked against it (same dataset, size, noise and labels).
-    data = build_datasets(cfg)
+    data = build_datasets(cfg, normalization=backbone_normalization(cfg))
     clean_mask, mask_meta = load_clean_mask(mask_path, expected={
         "dataset": cfg.dataset, "num_samples": len(data.train), "noise_mode": cfg.noise_mode,
         "noise_ratio": cfg.noise_ratio, "given_labels_sha256": data.given_labels_sha256,
@@ -48,13 +56,14 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, mask_script
     if cfg.phase2_batches == "clean_only":  # full batches of clean samples instead of masked batches
         train_set = Subset(data.train, clean_mask.nonzero()[0].tolist())
     train_loader = make_loader(train_set, cfg.batch_size, True, cfg.num_workers, exp.device)
-    test_loader = make_loader(data.test, cfg.batch_size, False, cfg.num_workers, exp.device)
+    test_loaders = make_test_loaders(data, cfg.batch_size, cfg.num_workers, exp.device)
 
-    # 2. Model: fresh pretrained CLIP visual tower, fine-tuned, with a new linear head.
-    model = build_clip_classifier(cfg, data.class_names, exp.device)
+    # 2. Model: fresh pretrained CLIP visual tower (or timm model, --backbone), with a new linear head.
+    model = build_classifier(cfg, data.class_names, exp.device)
     params = model.trainable_parameters()
-    exp.log.info(f"trainable parameters: {count_parameters(params)}")
-    optimizer = make_sgd([params], cfg)
+    opt_settings = optimizer_settings(cfg)  # SGD for CLIP; the official optimiser of a timm backbone
+    exp.log.info(f"trainable parameters: {count_parameters(params)}, optimizer {opt_settings}")
+    optimizer = make_optimizer([params], **opt_settings)
     scheduler = make_scheduler(optimizer, cfg)
     scaler = make_grad_scaler(cfg.precision, exp.device)
     keep = torch.from_numpy(clean_mask).to(exp.device)
@@ -71,17 +80,16 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, mask_script
         model.train()
         record = train_one_epoch(step, train_loader, optimizer, scaler, cfg.precision, exp.device, epoch,
                                  cfg.progress)
-        model.eval()
-        logits, labels = predict(model, test_loader, cfg.precision, exp.device)
-        record["test_acc"] = accuracy(logits, labels)
+        record.update(evaluate(model, test_loaders, cfg.precision, exp.device))
         exp.end_epoch(epoch, record)
 
-    accs = [r["test_acc"] for r in exp.history]
+    results = accuracy_summary(exp.history)
     summary = {"script": script, "dataset": cfg.dataset, "backbone": cfg.backbone, "noise": data.noise_info,
-               "clean_mask": mask_path, "num_train_samples": int(clean_mask.sum()),
+               "clean_mask": mask_path, "mask_method": mask_meta.get("method", "DeFT"),
+               "num_train_samples": int(clean_mask.sum()),
                "mask_precision": mask_meta.get("mask_precision"), "mask_recall": mask_meta.get("mask_recall"),
-               "best_test_acc": max(accs), "last_test_acc": accs[-1]}
-    exp.log.info(f"Best Acc: {max(accs):.2f} Last Acc: {accs[-1]:.2f}")
+               **results}
+    exp.log.info(f"Best Acc: {results['best_test_acc']:.2f} Last Acc: {results['last_test_acc']:.2f}")
     exp.finish(summary)
     return summary
 

@@ -11,8 +11,9 @@ import json
 import logging
 import random
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -27,14 +28,29 @@ NOISE_MODES = ("none", "sym", "asym", "str", "idn", "asym_cifar10", "asym_cifar1
 CIFAR10_ASYM_PAIRS = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
 _IDN_STD = 0.1  # std of the per-sample flip rate, as in Xia et al. and the official code
 _IDN_BATCH = 4096  # samples per matmul; bounds memory at batch x (D + C) floats
-_OPTION_NAMES = ("sym_exclude_true", "coarse_labels")
+_OPTION_NAMES = ("sym_exclude_true", "coarse_labels", "str_flip")
+STR_FLIPS = ("random", "cyclic")  # official str: CIFAR redraws uniformly, Cars/Tiny flip y -> y+1
+
+
+@dataclass(frozen=True)
+class LazyImages:
+    """idn pixels that are computed only when the cache misses (file datasets: decoding and
+    resizing every training image takes minutes); `fingerprint` stands for them in the cache."""
+
+    fingerprint: str
+    load: Callable[[], np.ndarray]  # -> uint8 (N, H, W, 3) or flat (N, D) features
 
 
 def make_noisy_labels(true_labels: np.ndarray, num_classes: int, mode: str, ratio: float,
                       seed: int, images: np.ndarray | None = None,
                       sym_exclude_true: bool = False,
-                      coarse_labels: np.ndarray | None = None) -> np.ndarray:
-    """Return int64 noisy labels for `mode` at noise ratio `ratio` (official §3.8 semantics)."""
+                      coarse_labels: np.ndarray | None = None,
+                      str_flip: str = "random") -> np.ndarray:
+    """Return int64 noisy labels for `mode` at noise ratio `ratio` (official §3.8 semantics).
+
+    str_flip: what `str` does to a noise-set sample of a noise class: "random" redraws it
+    uniformly (official CIFAR), "cyclic" flips it to y+1 (official Stanford Cars / Tiny-ImageNet).
+    """
     labels = _as_labels(true_labels, num_classes, "true_labels")
     mode = _check_mode(mode)
     ratio = _check_ratio(ratio)
@@ -49,12 +65,15 @@ def make_noisy_labels(true_labels: np.ndarray, num_classes: int, mode: str, rati
                              "the flips); pass images=...")
         return idn_noisy_labels(labels, num_classes, ratio, seed, images)
     flip = _class_flip_map(mode, labels, num_classes, coarse_labels)
-    return _replay_official_noise(labels, num_classes, mode, ratio, seed, flip, sym_exclude_true)
+    if str_flip not in STR_FLIPS:
+        raise ValueError(f"expected str_flip in {STR_FLIPS}, found {str_flip!r}")
+    return _replay_official_noise(labels, num_classes, mode, ratio, seed, flip, sym_exclude_true,
+                                  str_flip)
 
 
 def _replay_official_noise(labels: np.ndarray, num_classes: int, mode: str, ratio: float,
                            seed: int, flip: np.ndarray | None,
-                           sym_exclude_true: bool) -> np.ndarray:
+                           sym_exclude_true: bool, str_flip: str = "random") -> np.ndarray:
     """sym / str / flip-map noise, consuming a local random.Random in the official order."""
     rng = random.Random(seed)
     order = list(range(len(labels)))
@@ -75,7 +94,9 @@ def _replay_official_noise(labels: np.ndarray, num_classes: int, mode: str, rati
         elif mode == "sym":
             noisy[i] = rng.randint(0, num_classes - 1)  # may redraw y: effective rate r(C-1)/C
         elif mode == "str":
-            if y in noise_class:
+            if y in noise_class and str_flip == "cyclic":
+                noisy[i] = (y + 1) % num_classes  # draws nothing, as the official Cars/Tiny branch
+            elif y in noise_class:
                 noisy[i] = rng.randint(0, num_classes - 1)
         else:
             noisy[i] = flip[y]
@@ -251,7 +272,8 @@ def load_or_make_noisy_labels(cache_dir: str, dataset: str, true_labels: np.ndar
         return noisy, _info(true, noisy, metadata, path, True)
     if problem is not None:
         log.warning("regenerating noisy labels: cache %s %s", path, problem)
-    noisy = make_noisy_labels(true, num_classes, mode, ratio, seed, images=images, **options)
+    pixels = images.load() if isinstance(images, LazyImages) else images
+    noisy = make_noisy_labels(true, num_classes, mode, ratio, seed, images=pixels, **options)
     atomic_write_json(str(path), {**metadata, "noisy_labels": noisy.tolist()}, indent=None)
     return noisy, _info(true, noisy, metadata, path, False)
 
@@ -284,9 +306,14 @@ def _options_metadata(mode: str, images: np.ndarray | None, options: dict) -> di
     coarse = options.get("coarse_labels")
     meta = {"sym_exclude_true": bool(options.get("sym_exclude_true", False)),
             "coarse_labels_sha256": None if coarse is None else labels_sha256(coarse)}
+    if mode == "str" and options.get("str_flip", "random") != "random":
+        meta["str_flip"] = options["str_flip"]  # absent for the default: older caches stay valid
     if mode == "idn":  # the pixels decide the flips, so a different image set is a miss
-        meta["images_sha256"] = None if images is None else hashlib.sha256(
-            np.ascontiguousarray(images).tobytes()).hexdigest()
+        if isinstance(images, LazyImages):
+            meta["images_sha256"] = images.fingerprint
+        else:
+            meta["images_sha256"] = None if images is None else hashlib.sha256(
+                np.ascontiguousarray(images).tobytes()).hexdigest()
     return meta
 
 

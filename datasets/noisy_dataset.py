@@ -62,6 +62,7 @@ class NoisyLabelDataset(Dataset):
         self.true_labels = None if true_labels is None else _checked_labels(
             true_labels, len(images), self.num_classes, "true")
         self.is_noisy = None if self.true_labels is None else self.given_labels != self.true_labels
+        self.is_clean = None if self.is_noisy is None else ~self.is_noisy  # what a detector should keep
         self.transform = transform
         self.mode = mode
         self.seed = int(seed)

@@ -35,3 +35,41 @@ def fashion_mnist_transforms(resolution: int, mean: Sequence[float],
     train = T.Compose([T.RandomCrop(28, padding=2), *resize, T.RandomHorizontalFlip(), *finish])
     test = T.Compose([*resize, *finish])
     return train, test
+
+
+def _resize_size(resolution: int) -> int:
+    """The official 256-pixel resize for 224-pixel crops, scaled to other resolutions."""
+    return int(round(resolution * 256 / 224))
+
+
+def folder_transforms(resolution: int, mean: Sequence[float],
+                      std: Sequence[float]) -> tuple[Callable, Callable]:
+    """CUB-200-2011, Stanford Cars, Tiny-ImageNet (official §3.2-3.4): train Resize((256, 256)),
+    RandomCrop(224), flip; test Resize((224, 224)) without a crop."""
+    size = _resize_size(resolution)
+    finish = [T.ToTensor(), T.Normalize(mean, std)]
+    train = T.Compose([T.Resize((size, size)), T.RandomCrop(resolution), T.RandomHorizontalFlip(), *finish])
+    test = T.Compose([T.Resize((resolution, resolution)), *finish])
+    return train, test
+
+
+def clothing1m_transforms(resolution: int, mean: Sequence[float],
+                          std: Sequence[float]) -> tuple[Callable, Callable]:
+    """Clothing1M (official §3.5): shorter side to 256, RandomCrop(224) and flip for training,
+    CenterCrop(224) for testing."""
+    size = _resize_size(resolution)
+    finish = [T.ToTensor(), T.Normalize(mean, std)]
+    train = T.Compose([T.Resize(size), T.RandomCrop(resolution), T.RandomHorizontalFlip(), *finish])
+    test = T.Compose([T.Resize(size), T.CenterCrop(resolution), *finish])
+    return train, test
+
+
+def webvision_transforms(resolution: int, mean: Sequence[float],
+                         std: Sequence[float]) -> tuple[Callable, Callable]:
+    """WebVision and its ImageNet val (official §3.6): Resize((256, 256)), then RandomCrop(224) and
+    flip for training, CenterCrop(224) for testing."""
+    size = _resize_size(resolution)
+    finish = [T.ToTensor(), T.Normalize(mean, std)]
+    train = T.Compose([T.Resize((size, size)), T.RandomCrop(resolution), T.RandomHorizontalFlip(), *finish])
+    test = T.Compose([T.Resize((size, size)), T.CenterCrop(resolution), *finish])
+    return train, test

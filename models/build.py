@@ -1,14 +1,17 @@
 """Build the models of each script from a Config."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from models.classifier import CLIPClassifier
 from models.clip_loader import load_clip, tokenizer_for
 from models.deft import DeFTModel
 from models.peft import TuningConfig
+from models.timm_backbones import build_timm_classifier, clip_backbone_name, is_clip_backbone
 from utils.config import Config
 
 
@@ -39,6 +42,18 @@ def build_clip_classifier(cfg: Config, class_names: Sequence[str], device: torch
     model = CLIPClassifier(clip_model, len(class_names), tuning_config(cfg), cfg.head_init, class_names,
                            tokenizer_for(cfg.backbone))
     return model.to(device)
+
+
+def build_classifier(cfg: Config, class_names: Sequence[str], device: torch.device) -> nn.Module:
+    """Phase-2 / baseline classifier on any backbone: a CLIP visual tower + head, or a timm model.
+
+    Both kinds have `features(images)`, `head`, `trainable_parameters()` and return logits.
+    """
+    if is_clip_backbone(cfg.backbone):
+        cfg = dataclasses.replace(cfg, backbone=clip_backbone_name(cfg.backbone))
+        return build_clip_classifier(cfg, class_names, device)
+    return build_timm_classifier(cfg.backbone, len(class_names), cfg.resolution, cfg.timm_pretrained,
+                                 cfg.weights_path, device)
 
 
 def count_parameters(params) -> int:

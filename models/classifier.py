@@ -9,22 +9,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.peft import CLIPImageEncoder, TuningConfig
-
-ZERO_SHOT_TEMPLATE = "a photo of a {}."
-
-
-@torch.no_grad()
-def zero_shot_text_features(clip_model: nn.Module, tokenizer, class_names: Sequence[str],
-                            template: str = ZERO_SHOT_TEMPLATE) -> torch.Tensor:
-    """Normalised text features (C, embed_dim) of `template` filled with each class name."""
-    device = clip_model.logit_scale.device
-    tokens = tokenizer([template.format(name.replace("_", " ")) for name in class_names]).to(device)
-    return F.normalize(clip_model.encode_text(tokens).float(), dim=-1)
-
+from models.zero_shot import TEMPLATE_SETS, zero_shot_classifier
 
 class CLIPClassifier(nn.Module):
     """f(x) from a (tuned or fully fine-tuned) CLIP visual tower, then Linear(width, C)."""
@@ -40,7 +28,7 @@ class CLIPClassifier(nn.Module):
         if head_init == "text":
             if tokenizer is None or len(class_names) != num_classes:
                 raise ValueError("head_init: text needs the tokenizer and one class name per class")
-            text = zero_shot_text_features(clip_model, tokenizer, class_names)  # (C, embed_dim)
+            text = zero_shot_classifier(clip_model, tokenizer, class_names, TEMPLATE_SETS["simple"])  # (C, embed_dim)
             with torch.no_grad():
                 self.head.weight.copy_((text @ visual.proj.float().t()).to(dtype))  # (C, width)
         elif head_init != "random":
@@ -49,6 +37,10 @@ class CLIPClassifier(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Tuner (or fine-tuned blocks) plus the head."""
         return self.image_encoder.tuner_parameters() + list(self.head.parameters())
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The head's input f(x) (batch, width): what TURN's linear probing pre-extracts."""
+        return self.image_encoder(images.to(self.head.weight.dtype))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits (batch, C)."""

@@ -2,7 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from models.classifier import CLIPClassifier, zero_shot_text_features
+from models.classifier import CLIPClassifier
+from models.zero_shot import TEMPLATE_SETS, zero_shot_classifier
 from models.deft import DeFTModel
 from models.peft import TuningConfig
 from utils.losses import deft_phase1_loss
@@ -73,6 +74,6 @@ def test_phase2_classifier_heads(tiny_clip, tiny_tokenizer):
     text_model = CLIPClassifier(tiny_clip, 3, TuningConfig(finetune=True), "text", NAMES, tiny_tokenizer)
     images = torch.randn(2, 3, 32, 32)
     features = text_model.image_encoder(images)
-    text = zero_shot_text_features(tiny_clip, tiny_tokenizer, NAMES)
+    text = zero_shot_classifier(tiny_clip, tiny_tokenizer, NAMES, TEMPLATE_SETS["simple"])
     expected = text_model.image_encoder.project(features) @ text.t()
     assert torch.allclose(text_model(images) - text_model.head.bias, expected, atol=1e-5)

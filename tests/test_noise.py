@@ -294,11 +294,12 @@ def test_corrupt_or_old_format_cache_is_regenerated(tmp_path, content):
 
 
 def test_failed_write_leaves_no_files(tmp_path, monkeypatch):
-    def broken_dump(obj, f):
-        f.write("{partial")
-        raise OSError("disk full")
+    import utils.io
 
-    monkeypatch.setattr(noise.json, "dump", broken_dump)
+    def broken_fsync(fd):
+        raise OSError("disk full")  # after the partial file is written, before the rename
+
+    monkeypatch.setattr(utils.io.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         _cache(tmp_path, _labels(100, 10))
     assert list((tmp_path / "cache").iterdir()) == []

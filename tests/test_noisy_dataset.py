@@ -200,7 +200,7 @@ def test_build_errors(tmp_path):
         build_datasets(_cfg(tmp_path, num_class=100))
     with pytest.raises(ValueError, match="supported: cifar10, cifar100"):
         build_datasets(_cfg(tmp_path, dataset="mnist"))
-    with pytest.raises(ValueError, match="main_real_phase1.py"):
+    with pytest.raises(DatasetNotFoundError, match="CIFAR-10_human.pt"):  # real noise = CIFAR-10N labels
         build_datasets(_cfg(tmp_path, noise_mode="real"))
     with pytest.raises(ValueError, match="cifar100 only"):
         build_datasets(_cfg(tmp_path, noise_mode="asym_cifar100"))

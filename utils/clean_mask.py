@@ -36,9 +36,38 @@ def save_clean_mask(run_dir: str, mask: np.ndarray, metadata: dict) -> str:
     return os.path.join(run_dir, MASK_FILE)
 
 
+def mask_metadata(cfg: Any, data: Any, num_samples: int, script: str, selection_rule: str,
+                  mask_source: str, method: str = "DeFT") -> dict:
+    """What identifies the data a mask belongs to (checked by phase 2), and how it was made.
+
+    Every script that saves a mask (phase 1, small-loss, the GMM/TURN/label-match baselines) uses
+    this, so all masks carry the same identity fields.
+    """
+    return {"dataset": cfg.dataset, "num_samples": num_samples, "noise_mode": cfg.noise_mode,
+            "noise_ratio": cfg.noise_ratio, "noise_seed": data.noise_info.get("seed"), "seed": cfg.seed,
+            "actual_noise_rate": data.noise_info.get("actual_rate"),
+            "given_labels_sha256": data.given_labels_sha256, "sample_ids": getattr(data, "sample_ids", None),
+            "method": method, "selection_rule": selection_rule, "mask_source": mask_source,
+            "epochs": cfg.epochs, "created_by": script}
+
+
+def mask_metadata_path(mask_path: str) -> str:
+    """The clean_mask.json beside a clean_mask.npy."""
+    return os.path.join(os.path.dirname(mask_path), META_FILE)
+
+
+def mask_method(mask_path: str) -> Optional[str]:
+    """The `method` recorded beside a mask ('DeFT', 'GMM', 'SmallLoss', ...); None if unreadable."""
+    try:
+        with open(mask_metadata_path(mask_path), encoding="utf-8") as handle:
+            return json.load(handle).get("method", "DeFT")
+    except (OSError, ValueError):
+        return None
+
+
 def load_clean_mask(mask_path: str, expected: dict) -> tuple[np.ndarray, dict]:
     """Load a mask and check it against `expected` identity fields (and `sample_ids` if given)."""
-    meta_path = os.path.join(os.path.dirname(mask_path), META_FILE)
+    meta_path = mask_metadata_path(mask_path)
     if not os.path.isfile(mask_path) or not os.path.isfile(meta_path):
         raise CleanMaskError(
             f"no clean mask at {mask_path} (expected {MASK_FILE} and {META_FILE} side by side). "

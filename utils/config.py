@@ -18,8 +18,16 @@ import yaml
 from utils.errors import UserError
 
 
+# Datasets whose labels carry real noise (no synthetic noise flags; CIFAR-N is noise_mode: real).
+REAL_NOISE_DATASETS = ("clothing1m", "webvision")
+
+
 class ConfigError(UserError, ValueError):
     """A configuration value or key is invalid."""
+
+
+# main_baseline.py --lnl_methods: the official four, GCE, TURN (seed 003) and CLIP label-match.
+LNL_METHODS = ("CE", "GMM", "ELR", "SCE", "GCE", "TURN", "LabelMatch")
 
 
 def _choice(*values: str) -> dict:
@@ -41,16 +49,24 @@ class Config:
     class_names: list = field(default_factory=list)
     resolution: int = field(default=224, metadata=_range(8))
     download: bool = True
-    normalize: str = field(default="dataset", metadata=_choice("dataset", "clip"))
+    normalize: str = field(default="dataset", metadata=_choice("dataset", "clip", "backbone"))
     num_workers: int = field(default=8, metadata=_range(0))
     pretrain_split: int = field(default=30000, metadata=_range(0))  # fashion_mnist: images kept for CLIP pre-training
     max_train_samples: Optional[int] = None  # fashion_mnist: cap on the downstream training set
+    cifar_n_label_file: Optional[str] = None  # noise_mode real on CIFAR: None = <data_path>/CIFAR-1x_human.pt
+    cifar_n_label_key: Optional[str] = None  # None: official (noisy_label for CIFAR-100N, worse_label for CIFAR-10N)
+    clothing1m_num_samples: Optional[int] = field(default=None, metadata=_range(1))  # None: 1000 x batch_size
+    subsample_seed: Optional[int] = None  # seed of the Clothing1M subsample draw; None: seed
+    subsample_file: Optional[str] = None  # clean_mask.json (or JSON id list) fixing the training subsample
+    imagenet_val_path: Optional[str] = None  # webvision: None = <data_path>/imagenet/val; '' = no ImageNet test
     # ---- noise ----
     noise_mode: str = ""
     noise_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))
     noise_seed: Optional[int] = None  # None: official (training seed for sym/asym/str, 1 for idn)
     noise_cache_dir: Optional[str] = None  # None: <data_path>/noise_file
     sym_exclude_true: bool = False
+    str_flip: Optional[str] = field(default=None, metadata=_choice("random", "cyclic"))  # None: dataset's official
+    idn_image_size: int = field(default=64, metadata=_range(1))  # idn on file datasets: pixels resized to this
     # ---- model ----
     model: str = "clip"
     backbone: str = "ViT-B/16"
@@ -80,7 +96,7 @@ class Config:
     weight_decay: float = field(default=5e-4, metadata=_range(0.0))
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
     lr_schedule: str = field(default="cosine", metadata=_choice("cosine", "constant"))
-    lnl_methods: str = "CE"
+    lnl_methods: str = field(default="CE", metadata=_choice(*LNL_METHODS))  # main_baseline.py
     is_coop: bool = False
     # ---- phase-1 selection (defaults: main_phase1.py; the real-noise script changes them) ----
     mask_source: str = field(default="online", metadata=_choice("online", "eval_pass"))
@@ -90,6 +106,29 @@ class Config:
     # ---- phase 2 ----
     clean_mask: Optional[str] = None  # None: the phase-1 run with the same dataset/noise/seed
     phase2_batches: str = field(default="all_samples", metadata=_choice("all_samples", "clean_only"))
+    # ---- phase-2 backbones (models/timm_backbones.py) ----
+    optimizer: str = field(default="auto", metadata=_choice("auto", "sgd", "adamw"))  # auto: the backbone's official
+    weights_path: Optional[str] = None  # timm backbones: a local weight file (.pth/.safetensors/.npz)
+    timm_pretrained: bool = True  # false: random timm weights (tests)
+    # ---- baselines (main_small_loss.py, main_baseline.py) ----
+    forget_rate: Optional[float] = field(default=None, metadata=_range(0.0, 1.0))  # None: oracle noise_ratio
+    gmm_threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))  # GMM: clean when p_clean > this
+    gmm_max_iter: int = field(default=10, metadata=_range(1))
+    gmm_tol: float = field(default=1e-2, metadata=_range(0.0))
+    gmm_reg_covar: float = field(default=5e-4, metadata=_range(0.0))
+    gce_q: float = field(default=0.7, metadata=_range(0.01, 1.0))
+    elr_lambda: float = field(default=5.0, metadata=_range(0.0))  # official (hard-coded); ELR paper: 3 or 7
+    elr_beta: float = field(default=0.3, metadata=_range(0.0, 0.999))  # official; ELR paper: 0.7 or 0.9
+    sce_alpha: float = field(default=1.0, metadata=_range(0.0))
+    sce_beta: float = field(default=1.0, metadata=_range(0.0))
+    turn_lp_epochs: int = field(default=20, metadata=_range(0))  # TURN step 1 (E_LP)
+    turn_fft_epochs: int = field(default=4, metadata=_range(1))  # TURN step 2 (E_FFT); replaces epochs
+    turn_tau: float = field(default=0.6, metadata=_range(0.0, 1.0))  # per-class GMM threshold
+    turn_class_balance: bool = True  # uniform subsample to the smallest clean class count
+    turn_lp_optimizer: Optional[str] = field(default=None, metadata=_choice("sgd", "adamw"))  # None: TURN Table 8
+    turn_lp_lr: Optional[float] = field(default=None, metadata=_range(0.0))  # None: TURN Table 8
+    turn_lp_weight_decay: Optional[float] = field(default=None, metadata=_range(0.0))  # None: TURN Table 8
+    label_match_templates: str = "clip_ensemble"  # a prompt set of models/zero_shot.py TEMPLATE_SETS
     # ---- run ----
     seed: int = 0
     gpuid: Optional[int] = None
@@ -240,9 +279,11 @@ def build_arg_parser(description: str, flags: Sequence[str]) -> argparse.Argumen
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> Config:
-    """Defaults -> YAML -> the paper's CLI flags -> --opts, validated at each step."""
-    cfg = apply_overrides(Config(), load_yaml(args.cfg), source=args.cfg)
+def resolve_config(args: argparse.Namespace, defaults: Optional[dict] = None) -> Config:
+    """Defaults -> script defaults (e.g. the real-noise scripts') -> YAML -> the paper's CLI flags
+    -> --opts, validated at each step."""
+    cfg = apply_overrides(Config(), defaults or {}, source="the script's defaults")
+    cfg = apply_overrides(cfg, load_yaml(args.cfg), source=args.cfg)
     flag_values = {key: getattr(args, key) for key in
                    ("noise_mode", "noise_ratio", "backbone", "lnl_methods", "clean_mask", "gpuid")
                    if getattr(args, key, None) is not None}

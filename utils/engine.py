@@ -127,7 +127,8 @@ def train_one_epoch(step: StepFn, loader: DataLoader, optimizer: torch.optim.Opt
                     epoch: int, progress: bool = True) -> dict:
     """Run `step` on every batch with backward and optimiser step; return the mean stats."""
     meter = MeanMeter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
+    # disable=None: tqdm draws only on a terminal, so log files stay free of progress lines
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress else True, dynamic_ncols=True)
     for batch_idx, batch in enumerate(bar):
         batch = to_device(batch, device)
         with autocast(precision, device):
@@ -159,6 +160,31 @@ def predict(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, prec
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy in percent."""
     return 100.0 * float((logits.argmax(dim=1) == labels).float().mean())
+
+
+def make_test_loaders(data, batch_size: int, num_workers: int, device: torch.device) -> dict[str, DataLoader]:
+    """{'test_acc': the test set, 'test_acc_<name>': each extra test set (WebVision: ImageNet val)}."""
+    sets = {"test_acc": data.test, **{f"test_acc_{name}": s for name, s in data.extra_tests.items()}}
+    return {key: make_loader(s, batch_size, False, num_workers, device) for key, s in sets.items()}
+
+
+def evaluate(model: nn.Module, loaders: dict[str, DataLoader], precision: str, device: torch.device,
+             forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict[str, float]:
+    """Top-1 accuracy (%) of `forward` (default: the model) on every loader, in eval mode."""
+    model.eval()
+    result = {key: accuracy(*predict(forward or model, loader, precision, device)) for key, loader in loaders.items()}
+    model.train()
+    return result
+
+
+def accuracy_summary(history: list[dict]) -> dict:
+    """Best (max over epochs, as the paper reports) and last value of every test accuracy."""
+    summary = {}
+    for key in (k for k in history[-1] if k.startswith("test_acc")):
+        suffix = key[len("test_acc"):]
+        summary[f"best_test_acc{suffix}"] = max(r[key] for r in history)
+        summary[f"last_test_acc{suffix}"] = history[-1][key]
+    return summary
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -274,6 +300,17 @@ def make_sgd(groups: list[list[nn.Parameter]], cfg: Config) -> torch.optim.SGD:
     """SGD with one parameter group per list, all with the config's lr, momentum and weight decay."""
     return torch.optim.SGD([{"params": g} for g in groups if g], lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay)
+
+
+def make_optimizer(groups: list[list[nn.Parameter]], name: str, lr: float, weight_decay: float,
+                   momentum: float = 0.0) -> torch.optim.Optimizer:
+    """`sgd` (with `momentum`) or `adamw` (PyTorch's default betas and eps), one group per list."""
+    params = [{"params": g} for g in groups if g]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config):

@@ -1,7 +1,9 @@
 """Loss functions, as pure functions of logits and labels.
 
 `deft_phase1_loss` is DeFT's phase-1 objective L = L_sim + L_dp (official-behaviour.md §1.1
-steps 6-9; §1.2 for the real-noise variants). All maths runs in fp32 whatever the model dtype.
+steps 6-9; §1.2 for the real-noise variants). The baselines' robust losses follow: SCE (§4.3),
+GCE (TURN's step 1 and the GCE baseline) and ELR (§4.4, with its target memory). All maths runs
+in fp32 whatever the model dtype.
 """
 from __future__ import annotations
 
@@ -30,6 +32,37 @@ def sce_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0, bet
     one_hot = F.one_hot(labels, logits.shape[1]).float().clamp(min=1e-4, max=1.0)
     rce = -(probs * torch.log(one_hot)).sum(dim=1)
     return alpha * ce + beta * rce
+
+
+def gce_loss(logits: torch.Tensor, labels: torch.Tensor, q: float = 0.7) -> torch.Tensor:
+    """Per-sample generalized cross-entropy (1 - p_y^q) / q (Zhang & Sabuncu 2018; TURN uses q = 0.7)."""
+    log_p_y = F.log_softmax(logits.float(), dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+    return (1.0 - torch.exp(q * log_p_y)) / q  # p_y^q as exp(q·log p_y): no clamp needed
+
+
+class ELRLoss:
+    """Early-learning regularisation with a per-sample target memory (official §4.4).
+
+    For each batch: p = clamp(softmax, 1e-4, 1 - 1e-4); first t_i <- β·t_i + (1-β)·sg(p_i)/Σ sg(p_i),
+    then loss_i = CE_i + λ·ln(1 - <t_i, p_i>) (p keeps its gradient). The memory (N, C) starts at
+    zero, lives on the model's device, and is state to checkpoint (`targets`).
+    """
+
+    def __init__(self, num_samples: int, num_classes: int, lam: float = 5.0, beta: float = 0.3,
+                 device: torch.device | str = "cpu") -> None:
+        self.lam, self.beta = lam, beta
+        self.targets = torch.zeros(num_samples, num_classes, device=device)  # (N, C)
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Per-sample ELR loss (batch,); updates the memory rows of `indices`."""
+        logits = logits.float()
+        probs = F.softmax(logits, dim=1).clamp(min=1e-4, max=1.0 - 1e-4)
+        detached = probs.detach()
+        self.targets[indices] = self.beta * self.targets[indices] + \
+            (1.0 - self.beta) * detached / detached.sum(dim=1, keepdim=True)
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        regulariser = torch.log(1.0 - (self.targets[indices] * probs).sum(dim=1))
+        return ce + self.lam * regulariser
 
 
 @dataclass

@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 
-from utils.config import Config
+from utils.config import REAL_NOISE_DATASETS, Config
 from utils.errors import UserError
 
 SUMMARY = "summary.json"
@@ -26,8 +26,20 @@ def noise_tag(cfg: Config) -> str:
     return f"{cfg.noise_mode or 'none'}{float(cfg.noise_ratio)}"
 
 
+def is_real_noise(cfg: Config) -> bool:
+    """True for datasets with real label noise: Clothing1M, WebVision, and CIFAR-N (noise_mode real)."""
+    return cfg.noise_mode == "real" or cfg.dataset in REAL_NOISE_DATASETS
+
+
 def run_path(cfg: Config, script: str) -> str:
-    """output/{script}/{dataset}/{noise_mode}{noise_ratio}_seed{seed}/ (decisions.md §3)."""
+    """output/{script}/{dataset}/{noise_mode}{noise_ratio}_seed{seed}/ (decisions.md §3).
+
+    Real noise has no noise part: output/{script}/{dataset}/seed{seed}/, with the CIFAR-N label set
+    in front when one is chosen explicitly (e.g. cifar10/aggre_label_seed0/).
+    """
+    if is_real_noise(cfg):
+        label_set = f"{cfg.cifar_n_label_key}_" if cfg.noise_mode == "real" and cfg.cifar_n_label_key else ""
+        return os.path.join(cfg.output_dir, script, cfg.dataset, f"{label_set}seed{cfg.seed}")
     return os.path.join(cfg.output_dir, script, cfg.dataset, f"{noise_tag(cfg)}_seed{cfg.seed}")
 
 

@@ -3,10 +3,13 @@
 `dual_prompt_selection` is DeFT's rule (official-behaviour.md §1.1 step 3-4, §1.2); the
 metrics score a selection against the truly clean samples at dataset level (our default)
 and as the official per-batch mean (for comparison with the official progress line).
+The small-loss baseline's forget-rate schedule and per-batch rule (§1.5, §4.1) are at the end;
+the GMM rules (the GMM baseline, TURN) are in `utils/gmm.py`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -56,6 +59,29 @@ def detection_scores(selected: np.ndarray, is_clean: np.ndarray) -> DetectionSco
     return DetectionScores(precision, recall, f1, n_sel, n_clean)
 
 
+def selection_record(selection: np.ndarray, is_clean: Optional[np.ndarray], prefix: str = "",
+                     batch_scores: Optional["BatchMeanScores"] = None) -> dict:
+    """Selected count and dataset-level precision/recall/F1 of a selection (+ the official batch means).
+
+    Without true labels (real noise) the record says so instead of reporting zeros.
+    """
+    record = {f"{prefix}num_selected": int(np.sum(selection))}
+    if is_clean is None:
+        return {**record, "detection": "unavailable: no true labels"}
+    scores = detection_scores(selection, is_clean)
+    record.update({f"{prefix}precision": scores.precision, f"{prefix}recall": scores.recall, f"{prefix}f1": scores.f1})
+    if batch_scores is not None:
+        record.update(batch_scores.result())
+    return record
+
+
+def mask_scores(mask: np.ndarray, is_clean: Optional[np.ndarray]) -> dict:
+    """The `mask_*` precision/recall/F1 fields of a saved mask, or why there are none."""
+    if is_clean is None:
+        return {"detection_metrics": "unavailable: no true labels"}
+    return {**detection_scores(mask, is_clean).as_dict("mask_"), "detection_metrics": "computed"}
+
+
 class BatchMeanScores:
     """The official per-batch mean of precision_b and recall_b (§1.1 step 10).
 
@@ -82,3 +108,29 @@ class BatchMeanScores:
     def result(self) -> dict:
         n = max(self.num_batches, 1)
         return {"batch_mean_precision": self.precision_sum / n, "batch_mean_recall": self.recall_sum / n}
+
+
+# ---------------------------------------------------------------- small-loss baseline
+def oracle_forget_rate(noise_mode: str, noise_ratio: float) -> float:
+    """The official small-loss forget rate: the configured noise ratio, halved for 'str' (§1.5)."""
+    return noise_ratio / 2 if noise_mode == "str" else noise_ratio
+
+
+def forget_rate_schedule(rate: float, epochs: int, warmup: int) -> np.ndarray:
+    """τ_e for e = 1..E: `rate` everywhere, the first `warmup` entries linspace(0, rate, warmup) (§1.5).
+
+    With warmup = 1 the first epoch keeps every sample (τ_1 = 0). Index with epoch - 1.
+    """
+    schedule = np.full(epochs, rate, dtype=np.float64)
+    if warmup > 0:
+        schedule[:warmup] = np.linspace(0.0, rate, warmup)
+    return schedule
+
+
+def small_loss_selection(losses: torch.Tensor, forget_rate: float) -> torch.Tensor:
+    """Per-batch small-loss rule: keep the int((1 - τ)·B) smallest losses; returns a (B,) bool mask."""
+    num_keep = int((1.0 - forget_rate) * losses.shape[0])
+    order = torch.argsort(losses.detach(), stable=True)  # ascending; ties keep batch order
+    keep = torch.zeros(losses.shape[0], dtype=torch.bool, device=losses.device)
+    keep[order[:num_keep]] = True
+    return keep
