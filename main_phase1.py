@@ -19,7 +19,7 @@ from models.build import build_deft_model, count_parameters
 from utils.clean_mask import mask_metadata as shared_mask_metadata, save_clean_mask
 from utils.config import Config, build_arg_parser, resolve_config
 from utils.engine import (Experiment, accuracy_summary, evaluate, make_grad_scaler, make_loader, make_scheduler,
-                          make_sgd, make_test_loaders, predict, train_one_epoch)
+                          make_optimizer, make_test_loaders, predict, train_one_epoch)
 from utils.errors import run_cli
 from utils.losses import deft_phase1_loss
 from utils.run_dir import run_path
@@ -48,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
     model = build_deft_model(cfg, data.class_names, exp.device)
     tuner_params, prompt_params = model.trainable_groups()
     exp.log.info(f"trainable: tuner {count_parameters(tuner_params)}, prompts {count_parameters(prompt_params)}")
-    optimizer = make_sgd([tuner_params, prompt_params], cfg)
+    optimizer = make_optimizer([tuner_params, prompt_params], "sgd", cfg.lr, cfg.weight_decay, cfg.momentum)
     scheduler = make_scheduler(optimizer, cfg)
     scaler = make_grad_scaler(cfg.precision, exp.device)
     prompt_labels_given_until = cfg.warmup if cfg.noisy_prompt_labels_until is None else cfg.noisy_prompt_labels_until

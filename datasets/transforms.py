@@ -16,25 +16,27 @@ NORMALIZATION = {
 }
 
 
-def cifar_transforms(resolution: int, mean: Sequence[float],
-                     std: Sequence[float]) -> tuple[Callable, Callable]:
-    """Return (train, test) transforms: crop at 32 px, then resize, flip, tensor, normalise."""
-    # The official pipeline crops before resizing, so the 4-pixel padding is at 32 px scale.
-    resize = [] if resolution == 32 else [T.Resize(resolution)]
+def _pad_crop_resize_flip(native: int, padding: int, resolution: int, mean: Sequence[float],
+                          std: Sequence[float]) -> tuple[Callable, Callable]:
+    """(train, test) for small images: pad-and-crop at the native size, then resize, flip, normalise."""
+    # The official CIFAR pipeline crops before resizing, so the padding is at the native scale.
+    resize = [] if resolution == native else [T.Resize(resolution)]
     finish = [T.ToTensor(), T.Normalize(mean, std)]
-    train = T.Compose([T.RandomCrop(32, padding=4), *resize, T.RandomHorizontalFlip(), *finish])
+    train = T.Compose([T.RandomCrop(native, padding=padding), *resize, T.RandomHorizontalFlip(), *finish])
     test = T.Compose([*resize, *finish])
     return train, test
+
+
+def cifar_transforms(resolution: int, mean: Sequence[float],
+                     std: Sequence[float]) -> tuple[Callable, Callable]:
+    """Return (train, test) transforms: crop at 32 px (padding 4), then resize, flip, tensor, normalise."""
+    return _pad_crop_resize_flip(32, 4, resolution, mean, std)
 
 
 def fashion_mnist_transforms(resolution: int, mean: Sequence[float],
                              std: Sequence[float]) -> tuple[Callable, Callable]:
-    """Return (train, test) transforms of the miniature: crop at 28 px with 2 px padding, resize, flip."""
-    resize = [] if resolution == 28 else [T.Resize(resolution)]
-    finish = [T.ToTensor(), T.Normalize(mean, std)]
-    train = T.Compose([T.RandomCrop(28, padding=2), *resize, T.RandomHorizontalFlip(), *finish])
-    test = T.Compose([*resize, *finish])
-    return train, test
+    """Return (train, test) transforms of the miniature: crop at 28 px (padding 2), resize, flip."""
+    return _pad_crop_resize_flip(28, 2, resolution, mean, std)
 
 
 def _resize_size(resolution: int) -> int:

@@ -296,12 +296,6 @@ def _json_line(record: dict) -> str:
     return json.dumps(record) + "\n"
 
 
-def make_sgd(groups: list[list[nn.Parameter]], cfg: Config) -> torch.optim.SGD:
-    """SGD with one parameter group per list, all with the config's lr, momentum and weight decay."""
-    return torch.optim.SGD([{"params": g} for g in groups if g], lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay)
-
-
 def make_optimizer(groups: list[list[nn.Parameter]], name: str, lr: float, weight_decay: float,
                    momentum: float = 0.0) -> torch.optim.Optimizer:
     """`sgd` (with `momentum`) or `adamw` (PyTorch's default betas and eps), one group per list."""
