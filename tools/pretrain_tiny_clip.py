@@ -5,8 +5,9 @@
 Uses open_clip's model code (`deft-mini-vit`: 4-layer width-128 ViT, patch 7 at 28 px; 2-layer
 width-128 text tower) and open_clip's `ClipLoss`, on the pre-training part of the Fashion-MNIST
 training images only (DeFT later sees the disjoint downstream part). Each image is paired with
-its class name in one of several caption templates. Deterministic per seed on a given machine,
-cached: a checkpoint whose settings match is reused. Reports zero-shot test accuracy.
+its class name in one of several caption templates. Seeded (data order, templates, augmentation,
+init), though CPU BLAS may sum in a different order from run to run, so two runs can differ in the
+last digits; cached: a checkpoint whose settings match is reused. Reports zero-shot test accuracy.
 """
 from __future__ import annotations
 
