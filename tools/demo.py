@@ -16,12 +16,10 @@ does not show: the paper's numbers, which need CLIP ViT-B/16 weights and the rea
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
