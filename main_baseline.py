@@ -38,11 +38,13 @@ from models.timm_backbones import (backbone_normalization, backbone_run_suffix, 
 from models.zero_shot import TEMPLATE_SETS, zero_shot_classifier, zero_shot_logits
 from utils.clean_mask import mask_metadata, save_clean_mask
 from utils.config import Config, ConfigError, build_arg_parser, resolve_config
-from utils.engine import (Experiment, accuracy, accuracy_summary, epoch_seed, evaluate, make_grad_scaler, make_loader,
+from utils.engine import (LossTerm, StepOutput, accuracy, accuracy_summary, evaluate, make_grad_scaler,
                           make_optimizer, make_scheduler, make_test_loaders, predict, train_one_epoch)
 from utils.errors import run_cli
+from utils.experiment import Experiment, start_epoch_rng
 from utils.gmm import GMMSettings, class_balanced_subsample, gmm_selection, per_class_gmm_selection
-from utils.losses import ELRLoss, gce_loss, masked_mean, sce_loss
+from utils.loader import Batch, epoch_seed, make_loader
+from utils.losses import elr_loss, gce_loss, sce_loss
 from utils.run_dir import run_path
 from utils.selection import mask_scores, selection_record
 
@@ -78,12 +80,13 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
 def train_with_loss(cfg: Config, exp: Experiment, data, script: str, method: str) -> dict:
     """Fine-tune with a robust loss (CE/SCE/GCE/ELR) on all samples, or CE on the GMM clean set."""
     # 1. Data, model, optimiser (the backbone's official one; SGD for CLIP).
-    train_loader = make_loader(data.train, cfg.batch_size, True, cfg.num_workers, exp.device)
+    train_loader = make_loader(data.train, cfg.batch_size, True, cfg.num_workers, exp.device, cfg.seed)
     eval_loader = make_loader(data.eval, cfg.batch_size, False, cfg.num_workers, exp.device)
     test_loaders = make_test_loaders(data, cfg.batch_size, cfg.num_workers, exp.device)
     is_clean = data.train.is_clean
     model, optimizer, scheduler, scaler = build_training(cfg, exp, data)
-    loss_fn = per_sample_loss(cfg, method, len(data.train), data.num_classes, exp.device)
+    loss_fn = per_sample_loss(cfg, method)
+    elr_targets = torch.zeros(len(data.train), data.num_classes, device=exp.device)  # ELR's memory (N, C)
 
     # 2. Epochs: [GMM selection] -> train -> test.
     for epoch in exp.epochs(model, optimizer, scheduler, scaler, train_loader):
@@ -91,47 +94,54 @@ def train_with_loss(cfg: Config, exp: Experiment, data, script: str, method: str
         clean = None  # None: every sample counts
         if method == "GMM" and epoch > cfg.warmup:
             losses = per_sample_ce(model, eval_loader, cfg, exp.device)
-            selection, _ = gmm_selection(losses, cfg.gmm_threshold, gmm_settings(cfg, epoch))
-            record.update(selection_record(selection, is_clean))
-            exp.extra["selection"] = selection
+            selection, p_clean = gmm_selection(losses, cfg.gmm_threshold, gmm_settings(cfg, epoch))
+            record.update(selection_record(selection, is_clean, scores=p_clean))
+            exp.extra["selection"], exp.extra["p_clean"] = selection, p_clean
             clean = torch.from_numpy(selection).to(exp.device)
         if method == "ELR" and "elr_targets" in exp.extra:  # the memory is checkpointed state
-            loss_fn.targets = exp.extra["elr_targets"].to(exp.device)
+            elr_targets = exp.extra["elr_targets"].to(exp.device)
 
-        def step(batch: list) -> tuple[torch.Tensor, dict]:
-            images, given_labels, _, indices = batch
-            per_sample = loss_fn(model(images), given_labels, indices)
-            return (per_sample.mean() if clean is None else masked_mean(per_sample, clean[indices])), {}
+        def step(batch: Batch, weights_only: bool) -> StepOutput:
+            weights = None if clean is None else clean[batch.indices]
+            if weights_only:  # the weights never depend on the forward here
+                return StepOutput({"loss": LossTerm(None, weights)})
+            logits = model(batch.images)
+            if method == "ELR":
+                values, rows = elr_loss(logits, batch.given_labels, elr_targets[batch.indices], cfg.elr_lambda,
+                                        cfg.elr_beta)
+                return StepOutput({"loss": LossTerm(values, weights)}, per_sample={"elr_target": rows})
+            return StepOutput({"loss": LossTerm(loss_fn(logits, batch.given_labels), weights)})
 
         model.train()
-        record = {**train_one_epoch(step, train_loader, optimizer, scaler, cfg.precision, exp.device, epoch,
-                                    cfg.progress), **record}
+        result = train_one_epoch(step, train_loader, optimizer, scaler, cfg.precision, exp.device, epoch,
+                                 cfg.progress, cfg.micro_batch_size)
+        record = {**result.record, **record}
         record.update(evaluate(model, test_loaders, cfg.precision, exp.device))
-        if method == "ELR":
-            exp.extra["elr_targets"] = loss_fn.targets.cpu()
+        if method == "ELR":  # each sample is visited once per epoch: its new row replaces the old one
+            seen = torch.from_numpy(result.seen).to(exp.device)
+            elr_targets[seen] = torch.from_numpy(result.per_sample["elr_target"]).to(exp.device)[seen]
+            exp.extra["elr_targets"] = elr_targets.cpu()
         exp.end_epoch(epoch, record)
 
     summary = {"script": script, "method": method, **accuracy_summary(exp.history)}
     if method == "GMM":
         if "selection" not in exp.extra:  # every epoch was warm-up: select once after training
-            exp.extra["selection"] = gmm_selection(per_sample_ce(model, eval_loader, cfg, exp.device),
-                                                   cfg.gmm_threshold, gmm_settings(cfg, cfg.epochs + 1))[0]
+            exp.extra["selection"], exp.extra["p_clean"] = gmm_selection(
+                per_sample_ce(model, eval_loader, cfg, exp.device), cfg.gmm_threshold,
+                gmm_settings(cfg, cfg.epochs + 1))
         rule = f"2-component GMM on min-max normalised per-sample CE, p_clean > {cfg.gmm_threshold}"
         summary.update(save_mask(cfg, exp, data, script, exp.extra["selection"], is_clean, rule,
-                                 "eval_pass_before_last_epoch", method))
+                                 "eval_pass_before_last_epoch", method, exp.extra["p_clean"]))
     return finish(cfg, exp, data, summary)
 
 
-def per_sample_loss(cfg: Config, method: str, num_samples: int, num_classes: int,
-                    device: torch.device) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """loss(logits, given_labels, indices) -> (batch,) for the method; all in fp32."""
+def per_sample_loss(cfg: Config, method: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """loss(logits, given_labels) -> (batch,) for CE, GMM, SCE and GCE; all in fp32."""
     if method == "SCE":
-        return lambda logits, labels, _: sce_loss(logits, labels, cfg.sce_alpha, cfg.sce_beta)
+        return lambda logits, labels: sce_loss(logits, labels, cfg.sce_alpha, cfg.sce_beta)
     if method == "GCE":
-        return lambda logits, labels, _: gce_loss(logits, labels, cfg.gce_q)
-    if method == "ELR":
-        return ELRLoss(num_samples, num_classes, cfg.elr_lambda, cfg.elr_beta, device)
-    return lambda logits, labels, _: F.cross_entropy(logits.float(), labels, reduction="none")  # CE, GMM
+        return lambda logits, labels: gce_loss(logits, labels, cfg.gce_q)
+    return lambda logits, labels: F.cross_entropy(logits.float(), labels, reduction="none")  # CE, GMM
 
 
 # ---------------------------------------------------------------- TURN
@@ -143,7 +153,7 @@ def turn(cfg: Config, exp: Experiment, data, script: str) -> dict:
     is_clean = data.train.is_clean
     model, optimizer, scheduler, scaler = build_training(cfg, exp, data)
     subset = Subset(data.train, list(range(len(data.train))))  # its indices change every epoch
-    subset_loader = make_loader(subset, cfg.batch_size, True, cfg.num_workers, exp.device)
+    subset_loader = make_loader(subset, cfg.batch_size, True, cfg.num_workers, exp.device, cfg.seed)
 
     # Step 1: features z_i = f(x_i) extracted once from the frozen backbone; the head learns with GCE.
     train_features = None
@@ -160,24 +170,27 @@ def turn(cfg: Config, exp: Experiment, data, script: str) -> dict:
             losses = head_ce(model.head, train_features, given_labels, exp.device)
         else:
             losses = per_sample_ce(model, eval_loader, cfg, exp.device)
-        clean, _ = per_class_gmm_selection(losses, given_labels, data.num_classes, cfg.turn_tau,
-                                           gmm_settings(cfg, epoch))
+        clean, p_clean = per_class_gmm_selection(losses, given_labels, data.num_classes, cfg.turn_tau,
+                                                 gmm_settings(cfg, epoch))
         chosen = clean
         if cfg.turn_class_balance:
             rng = np.random.default_rng(epoch_seed(cfg.seed, epoch))
             chosen = class_balanced_subsample(clean, given_labels, data.num_classes, rng)
         subset.indices = np.flatnonzero(chosen).tolist()
-        record = {**selection_record(clean, is_clean, "gmm_"), **selection_record(chosen, is_clean)}
-        exp.extra["selection"] = chosen
+        record = {**selection_record(clean, is_clean, "gmm_", scores=p_clean), **selection_record(chosen, is_clean)}
+        exp.extra["selection"], exp.extra["p_clean"] = chosen, p_clean
 
-        def step(batch: list) -> tuple[torch.Tensor, dict]:
-            images, given, _, _ = batch
-            return F.cross_entropy(model(images).float(), given), {}
+        def step(batch: Batch, weights_only: bool) -> StepOutput:
+            if weights_only:
+                return StepOutput({"ce": LossTerm(None)})
+            return StepOutput({"ce": LossTerm(F.cross_entropy(model(batch.images).float(), batch.given_labels,
+                                                              reduction="none"))})
 
         model.train()
         if subset.indices:
-            record = {**train_one_epoch(step, subset_loader, optimizer, scaler, cfg.precision, exp.device, epoch,
-                                        cfg.progress), **record}
+            result = train_one_epoch(step, subset_loader, optimizer, scaler, cfg.precision, exp.device, epoch,
+                                     cfg.progress, cfg.micro_batch_size)
+            record = {**result.record, **record}
         else:
             exp.log.info(f"epoch {epoch}: the cleansed subset is empty (a class has no sample with "
                          f"p_clean > {cfg.turn_tau}); no training this epoch")
@@ -189,7 +202,7 @@ def turn(cfg: Config, exp: Experiment, data, script: str) -> dict:
     rule = (f"per-class 2-component GMM on per-sample CE, p_clean > {cfg.turn_tau}"
             + (", class-balanced uniform subsample" if cfg.turn_class_balance else ""))
     summary.update(save_mask(cfg, exp, data, script, exp.extra["selection"], is_clean, rule,
-                             "eval_pass_before_last_epoch", "TURN"))
+                             "eval_pass_before_last_epoch", "TURN", exp.extra["p_clean"]))
     if is_clean is not None:
         summary.update({k: v for k, v in exp.history[-1].items() if k.startswith("gmm_")})
     return finish(cfg, exp, data, summary)
@@ -200,8 +213,7 @@ def linear_probe(head: torch.nn.Module, features: torch.Tensor, given_labels: np
     """TURN step 1: train only the head with GCE on pre-extracted features for turn_lp_epochs."""
     labels = torch.as_tensor(given_labels, dtype=torch.long)
     dataset = TensorDataset(features, labels, labels, torch.arange(len(labels)))
-    loader = make_loader(dataset, cfg.batch_size, True, 0, exp.device)
-    loader.generator.manual_seed(cfg.seed)
+    loader = make_loader(dataset, cfg.batch_size, True, 0, exp.device, cfg.seed)
     settings = linear_probe_settings(cfg)
     optimizer = make_optimizer([list(head.parameters())], **settings)
     scaler = make_grad_scaler(cfg.precision, exp.device)
@@ -209,15 +221,17 @@ def linear_probe(head: torch.nn.Module, features: torch.Tensor, given_labels: np
     exp.log.info(f"TURN step 1: linear probing for {cfg.turn_lp_epochs} epochs on {tuple(features.shape)} "
                  f"features, {settings}")
 
-    def step(batch: list) -> tuple[torch.Tensor, dict]:
-        feats, given, _, _ = batch
-        return gce_loss(head(feats.to(dtype)), given, cfg.gce_q).mean(), {}
+    def step(batch: Batch, weights_only: bool) -> StepOutput:
+        if weights_only:
+            return StepOutput({"gce": LossTerm(None)})
+        return StepOutput({"gce": LossTerm(gce_loss(head(batch.images.to(dtype)), batch.given_labels, cfg.gce_q))})
 
     head.train()
     losses = []
     for lp_epoch in range(1, cfg.turn_lp_epochs + 1):
+        start_epoch_rng(loader, cfg.seed, lp_epoch)
         losses.append(train_one_epoch(step, loader, optimizer, scaler, cfg.precision, exp.device, lp_epoch,
-                                      False).get("loss"))
+                                      False, cfg.micro_batch_size).record["loss"])
     with torch.no_grad():
         test_acc = accuracy(head(test_features.to(exp.device, dtype)).float().cpu(), test_labels)
     exp.log.info(f"TURN step 1 done: linear-probe test accuracy {test_acc:.2f}, GCE loss per epoch {losses}")
@@ -252,12 +266,14 @@ def label_match(cfg: Config, exp: Experiment, data, script: str) -> dict:
     eval_loader = make_loader(data.eval, cfg.batch_size, False, cfg.num_workers, exp.device)
     logits, given_labels = predict(zero_shot, eval_loader, cfg.precision, exp.device)
     clean = (logits.argmax(dim=1) == given_labels).numpy()
+    # the detector's score: the zero-shot probability of the given label
+    p_given = logits.float().softmax(dim=1).gather(1, given_labels.view(-1, 1)).squeeze(1).numpy()
     is_clean = data.train.is_clean
     summary = {"script": script, "method": "LabelMatch", "templates": list(templates)}
     for key, loader in make_test_loaders(data, cfg.batch_size, cfg.num_workers, exp.device).items():  # zero-shot test accuracy
         summary[f"zero_shot_{key}"] = accuracy(*predict(zero_shot, loader, cfg.precision, exp.device))
     rule = f"zero-shot CLIP argmax == given label ({len(templates)} templates: {cfg.label_match_templates})"
-    summary.update(save_mask(cfg, exp, data, script, clean, is_clean, rule, "zero_shot", "LabelMatch"))
+    summary.update(save_mask(cfg, exp, data, script, clean, is_clean, rule, "zero_shot", "LabelMatch", p_given))
     exp.log.info(", ".join(f"{k} {v:.4f}" for k, v in summary.items() if isinstance(v, float)))
     return finish(cfg, exp, data, summary)
 
@@ -287,11 +303,11 @@ def gmm_settings(cfg: Config, epoch: int) -> GMMSettings:
 
 
 def save_mask(cfg: Config, exp: Experiment, data, script: str, mask: np.ndarray, is_clean: Optional[np.ndarray],
-              rule: str, source: str, method: str) -> dict:
-    """Save the selection as clean_mask.npy/.json (phase 1's format); return its summary fields."""
-    scores = mask_scores(mask, is_clean)
+              rule: str, source: str, method: str, clean_scores: np.ndarray) -> dict:
+    """Save the selection and its per-sample clean scores in phase 1's format; return the summary fields."""
+    scores = mask_scores(mask, is_clean, clean_scores)
     metadata = mask_metadata(cfg, data, len(data.train), f"{script}_{method.lower()}", rule, source, method)
-    path = save_clean_mask(exp.run_dir, mask, {**metadata, **scores})
+    path = save_clean_mask(exp.artifact_dir(), mask, {**metadata, **scores}, clean_scores=clean_scores)
     return {"clean_mask": path, "num_selected": int(np.sum(mask)), **scores}
 
 

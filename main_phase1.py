@@ -18,13 +18,14 @@ from datasets import build_datasets
 from models.build import build_deft_model, count_parameters
 from utils.clean_mask import mask_metadata as shared_mask_metadata, save_clean_mask
 from utils.config import Config, build_arg_parser, resolve_config
-from utils.engine import (Experiment, accuracy_summary, evaluate, make_grad_scaler, make_loader, make_scheduler,
-                          make_optimizer, make_test_loaders, predict, train_one_epoch)
+from utils.engine import (LossTerm, StepOutput, accuracy_summary, evaluate, make_grad_scaler, make_optimizer,
+                          make_scheduler, make_test_loaders, predict, train_one_epoch)
 from utils.errors import run_cli
+from utils.experiment import Experiment
+from utils.loader import Batch, make_loader
 from utils.losses import deft_phase1_loss
 from utils.run_dir import run_path
-from utils.selection import (BatchMeanScores, dual_prompt_selection, mask_scores, pair_probabilities,
-                             selection_record)
+from utils.selection import dual_prompt_selection, mask_scores, pair_probabilities, selection_record
 
 SCRIPT = "phase1"
 
@@ -38,7 +39,7 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
 
     # 1. Data: the noisy training set (given labels) and, where known, which labels are truly clean.
     data = build_datasets(cfg)
-    train_loader = make_loader(data.train, cfg.batch_size, True, cfg.num_workers, exp.device)
+    train_loader = make_loader(data.train, cfg.batch_size, True, cfg.num_workers, exp.device, cfg.seed)
     test_loaders = make_test_loaders(data, cfg.batch_size, cfg.num_workers, exp.device)  # + WebVision's ImageNet val
     num_samples = len(data.train)
     is_clean = data.train.is_clean
@@ -55,41 +56,38 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
 
     # 3. Epochs: train with online selection, test the positive-prompt classifier, score the selection.
     for epoch in exp.epochs(model, optimizer, scheduler, scaler, train_loader):
-        selection = np.zeros(num_samples, dtype=bool)
-        batch_scores = BatchMeanScores()
-
-        def step(batch: list) -> tuple[torch.Tensor, dict]:
-            images, given_labels, complementary_labels, indices = batch
-            pos_logits, neg_logits = model(images)
-            out = deft_phase1_loss(pos_logits, neg_logits, given_labels, complementary_labels,
+        def step(batch: Batch, weights_only: bool) -> StepOutput:
+            pos_logits, neg_logits = model(batch.images)
+            out = deft_phase1_loss(pos_logits, neg_logits, batch.given_labels, batch.complementary_labels,
                                    in_warmup=epoch <= cfg.warmup,
                                    prompt_labels_are_given=epoch <= prompt_labels_given_until,
                                    requires_argmax=cfg.select_requires_argmax, warmup_loss=cfg.warmup_loss)
-            selected, idx = out.selected.cpu().numpy(), indices.cpu().numpy()
-            selection[idx] = selected
-            if is_clean is not None:
-                batch_scores.update(selected, is_clean[idx])
-            train_acc = float((out.predictions == given_labels).float().mean()) * 100
-            return out.loss, {"loss_cls": float(out.loss_cls.detach()), "loss_dp": float(out.loss_dp.detach()),
-                              "train_acc_given": train_acc, "selected_frac": float(out.selected.float().mean())}
+            return StepOutput(terms={"cls": LossTerm(out.cls_values, out.cls_weights),  # L_sim
+                                     "dp": LossTerm(out.dp_values)},  # L_dp
+                              per_sample={"selected": out.selected, "p_clean": out.p_clean,
+                                          "correct": out.predictions == batch.given_labels})
 
         model.train()
-        record = train_one_epoch(step, train_loader, optimizer, scaler, cfg.precision, exp.device, epoch,
-                                 cfg.progress)
+        result = train_one_epoch(step, train_loader, optimizer, scaler, cfg.precision, exp.device, epoch,
+                                 cfg.progress, cfg.micro_batch_size)
+        selection, outputs = result.per_sample["selected"], result.per_sample
+        record = {**result.record, "train_acc_given": 100.0 * float(outputs["correct"].mean()),
+                  "selected_frac": float(selection.mean())}
         with torch.no_grad():
             text_features = model.text_features()  # once per evaluation, not per test batch
         record.update(evaluate(model, test_loaders, cfg.precision, exp.device,
                                forward=lambda x: model(x, text_features)[0]))  # positive-prompt classifier
-        record.update(selection_record(selection, is_clean, batch_scores=batch_scores))
-        exp.extra["selection"] = selection
+        record.update(selection_record(selection, is_clean, batch_ids=outputs["batch"], scores=outputs["p_clean"]))
+        exp.extra["selection"], exp.extra["p_clean"] = selection, outputs["p_clean"]
         exp.end_epoch(epoch, record)
 
     # 4. The clean mask: the last epoch's online decisions (official), or a clean scoring pass.
-    clean_mask = exp.extra["selection"]
+    clean_mask, p_clean = exp.extra["selection"], exp.extra["p_clean"]
     if cfg.mask_source == "eval_pass":
-        clean_mask = scoring_pass(model, data.eval, cfg, exp.device)
-    scores = mask_scores(clean_mask, is_clean)
-    mask_path = save_clean_mask(exp.run_dir, clean_mask, {**mask_metadata(cfg, data, num_samples, script), **scores})
+        clean_mask, p_clean = scoring_pass(model, data.eval, cfg, exp.device)
+    scores = mask_scores(clean_mask, is_clean, p_clean)
+    mask_path = save_clean_mask(exp.artifact_dir(), clean_mask, {**mask_metadata(cfg, data, num_samples, script), **scores},
+                                clean_scores=p_clean)
 
     summary = {"script": script, "dataset": cfg.dataset, "noise": data.noise_info,
                "num_samples": num_samples, "num_selected": int(clean_mask.sum()),
@@ -98,15 +96,19 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
     return summary
 
 
-def scoring_pass(model, eval_set, cfg: Config, device: torch.device) -> np.ndarray:
-    """`mask_source: eval_pass`: select on the training images without augmentation, after training."""
+def scoring_pass(model, eval_set, cfg: Config, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """`mask_source: eval_pass`: select on the training images without augmentation, after training.
+
+    Returns the mask and p_clean = p_yes[i, given_i], both (N,).
+    """
     model.eval()
     loader = make_loader(eval_set, cfg.batch_size, False, cfg.num_workers, device)
     with torch.no_grad():
         text_features = model.text_features()
     p_yes, given_labels = predict(lambda x: pair_probabilities(*model(x, text_features)), loader,
                                   cfg.precision, device)
-    return dual_prompt_selection(p_yes, given_labels, cfg.select_requires_argmax).numpy()
+    p_clean = p_yes.gather(1, given_labels.view(-1, 1)).squeeze(1)
+    return dual_prompt_selection(p_yes, given_labels, cfg.select_requires_argmax).numpy(), p_clean.numpy()
 
 
 def mask_metadata(cfg: Config, data, num_samples: int, script: str) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset
@@ -20,12 +21,13 @@ from datasets import build_datasets
 from datasets.build import pin_subsample
 from models.build import build_classifier, count_parameters
 from models.timm_backbones import backbone_normalization, backbone_run_suffix, optimizer_settings
-from utils.clean_mask import MASK_FILE, load_clean_mask, mask_metadata_path, mask_method
+from utils.clean_mask import MASK_FILE, load_clean_mask, mask_metadata_path, mask_method, mask_warnings
 from utils.config import build_arg_parser, resolve_config
-from utils.engine import (Experiment, accuracy_summary, evaluate, make_grad_scaler, make_loader, make_optimizer,
+from utils.engine import (LossTerm, StepOutput, accuracy_summary, evaluate, make_grad_scaler, make_optimizer,
                           make_scheduler, make_test_loaders, train_one_epoch)
 from utils.errors import run_cli
-from utils.losses import masked_mean
+from utils.experiment import Experiment
+from utils.loader import Batch, make_loader
 from utils.run_dir import run_path
 
 SCRIPT = "phase2"
@@ -52,10 +54,13 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, mask_script
         "noise_ratio": cfg.noise_ratio, "given_labels_sha256": data.given_labels_sha256,
         "sample_ids": getattr(data, "sample_ids", None)})
     exp.log.info(f"clean mask {mask_path}: {int(clean_mask.sum())} of {len(clean_mask)} samples")
+    warnings = mask_warnings(clean_mask, data.train.given_labels, data.num_classes, cfg.batch_size)
+    for warning in warnings:
+        exp.log.warning(f"WARNING: {warning}")
     train_set = data.train
     if cfg.phase2_batches == "clean_only":  # full batches of clean samples instead of masked batches
         train_set = Subset(data.train, clean_mask.nonzero()[0].tolist())
-    train_loader = make_loader(train_set, cfg.batch_size, True, cfg.num_workers, exp.device)
+    train_loader = make_loader(train_set, cfg.batch_size, True, cfg.num_workers, exp.device, cfg.seed)
     test_loaders = make_test_loaders(data, cfg.batch_size, cfg.num_workers, exp.device)
 
     # 2. Model: fresh pretrained CLIP visual tower (or timm model, --backbone), with a new linear head.
@@ -70,16 +75,17 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, mask_script
 
     # 3. Epochs: CE on the kept samples of each batch, then test.
     for epoch in exp.epochs(model, optimizer, scheduler, scaler, train_loader):
-        def step(batch: list) -> tuple[torch.Tensor, dict]:
-            images, given_labels, _, indices = batch
-            logits = model(images)
-            per_sample = F.cross_entropy(logits.float(), given_labels, reduction="none")
-            kept = keep[indices]
-            return masked_mean(per_sample, kept), {"kept_frac": float(kept.float().mean())}
+        def step(batch: Batch, weights_only: bool) -> StepOutput:
+            kept = keep[batch.indices]
+            if weights_only:  # the mask decides the weights: no forward needed
+                return StepOutput({"ce": LossTerm(None, kept)})
+            per_sample = F.cross_entropy(model(batch.images).float(), batch.given_labels, reduction="none")
+            return StepOutput({"ce": LossTerm(per_sample, kept)})
 
         model.train()
-        record = train_one_epoch(step, train_loader, optimizer, scaler, cfg.precision, exp.device, epoch,
-                                 cfg.progress)
+        result = train_one_epoch(step, train_loader, optimizer, scaler, cfg.precision, exp.device, epoch,
+                                 cfg.progress, cfg.micro_batch_size)
+        record = {**result.record, "kept_frac": float(np.mean(result.per_sample["weight_ce"][result.seen]))}
         record.update(evaluate(model, test_loaders, cfg.precision, exp.device))
         exp.end_epoch(epoch, record)
 
@@ -88,7 +94,7 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, mask_script
                "clean_mask": mask_path, "mask_method": mask_meta.get("method", "DeFT"),
                "num_train_samples": int(clean_mask.sum()),
                "mask_precision": mask_meta.get("mask_precision"), "mask_recall": mask_meta.get("mask_recall"),
-               **results}
+               **({"warnings": warnings} if warnings else {}), **results}
     exp.log.info(f"Best Acc: {results['best_test_acc']:.2f} Last Acc: {results['last_test_acc']:.2f}")
     exp.finish(summary)
     return summary

@@ -22,13 +22,14 @@ from models.build import build_classifier, count_parameters
 from models.timm_backbones import backbone_normalization, backbone_run_suffix, optimizer_settings
 from utils.clean_mask import mask_metadata, save_clean_mask
 from utils.config import build_arg_parser, resolve_config
-from utils.engine import (Experiment, accuracy_summary, evaluate, make_grad_scaler, make_loader, make_optimizer,
+from utils.engine import (LossTerm, StepOutput, accuracy_summary, evaluate, make_grad_scaler, make_optimizer,
                           make_scheduler, make_test_loaders, train_one_epoch)
 from utils.errors import run_cli
-from utils.losses import masked_mean
+from utils.experiment import Experiment
+from utils.loader import Batch, make_loader
 from utils.run_dir import run_path
-from utils.selection import (BatchMeanScores, forget_rate_schedule, mask_scores, oracle_forget_rate,
-                             selection_record, small_loss_selection)
+from utils.selection import (forget_rate_schedule, mask_scores, oracle_forget_rate, selection_record,
+                             small_loss_selection)
 
 SCRIPT = "small_loss"
 METHOD = "SmallLoss"
@@ -44,7 +45,7 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
 
     # 1. Data.
     data = build_datasets(cfg, normalization=backbone_normalization(cfg))
-    train_loader = make_loader(data.train, cfg.batch_size, True, cfg.num_workers, exp.device)
+    train_loader = make_loader(data.train, cfg.batch_size, True, cfg.num_workers, exp.device, cfg.seed)
     test_loaders = make_test_loaders(data, cfg.batch_size, cfg.num_workers, exp.device)
     num_samples = len(data.train)
     is_clean = data.train.is_clean
@@ -64,40 +65,35 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
     exp.log.info(f"forget rate {rate} ({'oracle: the noise ratio' if oracle else 'forget_rate'}), "
                  f"schedule {np.round(schedule, 4).tolist()}")
 
-    # 4. Epochs: keep each batch's smallest losses, train on their mean, test, score the selection.
+    # 4. Epochs: keep each (global) batch's smallest losses, train on their mean, test, score the selection.
     for epoch in exp.epochs(model, optimizer, scheduler, scaler, train_loader):
         forget = float(schedule[epoch - 1])
-        selection = np.zeros(num_samples, dtype=bool)
-        losses = np.zeros(num_samples, dtype=np.float32)
-        batch_scores = BatchMeanScores()
 
-        def step(batch: list) -> tuple[torch.Tensor, dict]:
-            images, given_labels, _, indices = batch
-            per_sample = F.cross_entropy(model(images).float(), given_labels, reduction="none")
-            kept = small_loss_selection(per_sample, forget)
-            idx = indices.cpu().numpy()
-            selection[idx] = kept.cpu().numpy()
-            losses[idx] = per_sample.detach().cpu().numpy()
-            if is_clean is not None:
-                batch_scores.update(selection[idx], is_clean[idx])
-            return masked_mean(per_sample, kept), {"kept_frac": float(kept.float().mean())}
+        def step(batch: Batch, weights_only: bool) -> StepOutput:
+            per_sample = F.cross_entropy(model(batch.images).float(), batch.given_labels, reduction="none")
+            keep_smallest = LossTerm(per_sample, batch_rule=lambda losses: small_loss_selection(losses, forget))
+            return StepOutput({"ce": keep_smallest}, per_sample={"loss": per_sample})
 
         model.train()
-        record = train_one_epoch(step, train_loader, optimizer, scaler, cfg.precision, exp.device, epoch,
-                                 cfg.progress)
+        result = train_one_epoch(step, train_loader, optimizer, scaler, cfg.precision, exp.device, epoch,
+                                 cfg.progress, cfg.micro_batch_size)
+        selection, losses = result.per_sample["weight_ce"] > 0, result.per_sample["loss"]
+        record = {**result.record, "kept_frac": float(selection.mean())}
         record.update(evaluate(model, test_loaders, cfg.precision, exp.device))
         record["forget_rate"] = forget
-        record.update(selection_record(selection, is_clean, batch_scores=batch_scores))
+        # the detector's score: a smaller loss means more likely clean
+        record.update(selection_record(selection, is_clean, batch_ids=result.per_sample["batch"], scores=-losses))
         record.update(clean_and_noisy_losses(losses, is_clean))
-        exp.extra["selection"] = selection
+        exp.extra["selection"], exp.extra["losses"] = selection, losses
         exp.end_epoch(epoch, record)
 
     # 5. The clean mask: the last epoch's per-batch decisions.
     clean_mask = exp.extra["selection"]
-    scores = mask_scores(clean_mask, is_clean)
+    scores = mask_scores(clean_mask, is_clean, -exp.extra["losses"])
     rule = f"per batch: the int((1 - tau_e) * B) smallest CE losses, tau_E = {rate}" + (" (oracle)" if oracle else "")
     metadata = mask_metadata(cfg, data, num_samples, script, rule, mask_source="online", method=METHOD)
-    mask_path = save_clean_mask(exp.run_dir, clean_mask, {**metadata, **scores})
+    mask_path = save_clean_mask(exp.artifact_dir(), clean_mask, {**metadata, **scores},
+                                clean_scores=-exp.extra["losses"])
     summary = {"script": script, "method": METHOD, "dataset": cfg.dataset, "backbone": cfg.backbone,
                "noise": data.noise_info, "forget_rate": rate, "oracle_forget_rate": oracle,
                "num_samples": num_samples, "num_selected": int(clean_mask.sum()), "clean_mask": mask_path,

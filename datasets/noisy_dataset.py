@@ -4,11 +4,13 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 MODES = ("train", "eval", "test")
 _MASK64 = (1 << 64) - 1
+_AUGMENTATION_SALT = 0x5EED  # augmentation keys differ from complementary-label keys
 
 
 def complementary_labels(given_labels: np.ndarray | int, num_classes: int, seed: int,
@@ -21,11 +23,17 @@ def complementary_labels(given_labels: np.ndarray | int, num_classes: int, seed:
         raise ValueError(f"complementary labels need at least 2 classes, found {num_classes}")
     given, index = np.broadcast_arrays(np.asarray(given_labels, dtype=np.int64),
                                        np.asarray(indices, dtype=np.int64))
-    key = _mix64(_mix64(np.full(given.shape, int(seed) & _MASK64, dtype=np.uint64)
-                        + np.uint64(int(epoch) & _MASK64)) + index.astype(np.uint64))
+    key = _sample_key(seed, epoch, index)
     # 64-bit hash modulo C-1: the bias is below C / 2**64, far under any sampling error.
     offset = 1 + (key % np.uint64(num_classes - 1)).astype(np.int64)
     return ((given.reshape(offset.shape) + offset) % num_classes).reshape(given.shape)
+
+
+def _sample_key(seed: int, epoch: int, index: np.ndarray | int) -> np.ndarray:
+    """A well-mixed 64-bit key per (seed, epoch, sample index)."""
+    index = np.asarray(index, dtype=np.int64)
+    return _mix64(_mix64(np.full(index.shape, int(seed) & _MASK64, dtype=np.uint64)
+                         + np.uint64(int(epoch) & _MASK64)) + index.astype(np.uint64))
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -47,7 +55,9 @@ class NoisyLabelDataset(Dataset):
     mode "train": (img, given, complementary, index); "eval": (img, given, given, index);
     "test": (img, label). Complementary labels change with set_epoch(); DataLoader workers
     receive a fresh copy of the dataset with each new iterator, so call set_epoch before
-    iterating (persistent_workers=True would keep the old epoch).
+    iterating (persistent_workers=True would keep the old epoch). The training augmentation of
+    a sample is drawn from (seed, epoch, index), so it is the same whichever process or worker
+    loads the sample: one process and N (torchrun) see the same images.
     """
 
     def __init__(self, images: Sequence[Any], given_labels: Sequence[int],
@@ -79,7 +89,13 @@ class NoisyLabelDataset(Dataset):
     def __getitem__(self, index: int) -> tuple:
         image = self.load_image(self.images[index])
         if self.transform is not None:
-            image = self.transform(image)
+            if self.mode == "train":
+                with torch.random.fork_rng(devices=[]):  # leaves the caller's torch RNG as it was
+                    key = _sample_key(self.seed + _AUGMENTATION_SALT, self.epoch, index).reshape(-1)[0]
+                    torch.manual_seed(int(key) & 0x7FFF_FFFF_FFFF_FFFF)
+                    image = self.transform(image)
+            else:
+                image = self.transform(image)
         given = int(self.given_labels[index])
         if self.mode == "test":
             return image, given

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.engine import make_optimizer
-from utils.losses import ELRLoss, gce_loss, sce_loss
+from utils.losses import elr_loss, gce_loss, sce_loss
 
 LN3 = math.log(3.0)
 
@@ -43,27 +43,27 @@ def test_sce_weighted_hand_value():
 
 
 def test_elr_memory_update_and_loss_by_hand():
-    elr = ELRLoss(num_samples=3, num_classes=2, lam=5.0, beta=0.3)
+    memory = torch.zeros(3, 2)
     logits = torch.tensor([[0.0, LN3], [0.0, 0.0]], requires_grad=True)  # samples 2 and 0
-    loss = elr(logits, torch.tensor([1, 0]), torch.tensor([2, 0]))
+    indices = torch.tensor([2, 0])
+    loss, rows = elr_loss(logits, torch.tensor([1, 0]), memory[indices], lam=5.0, beta=0.3)
+    memory[indices] = rows
     # memory starts at 0: t <- 0.7 * p
-    assert torch.allclose(elr.targets, torch.tensor([[0.35, 0.35], [0.0, 0.0], [0.175, 0.525]]))
+    assert torch.allclose(memory, torch.tensor([[0.35, 0.35], [0.0, 0.0], [0.175, 0.525]]))
     expected_2 = -math.log(0.75) + 5 * math.log(1 - (0.175 * 0.25 + 0.525 * 0.75))
     expected_0 = math.log(2.0) + 5 * math.log(1 - 0.35)
     assert loss.tolist() == pytest.approx([expected_2, expected_0], rel=1e-5)
     loss.sum().backward()  # the gradient reaches the logits; the memory is not part of the graph
-    assert logits.grad is not None and not elr.targets.requires_grad
+    assert logits.grad is not None and not rows.requires_grad
 
-    elr(torch.tensor([[LN3, 0.0]]), torch.tensor([0]), torch.tensor([2]))  # p = [3/4, 1/4]
-    assert elr.targets[2].tolist() == pytest.approx([0.3 * 0.175 + 0.7 * 0.75, 0.3 * 0.525 + 0.7 * 0.25])
-    assert elr.targets[1].tolist() == [0.0, 0.0]
+    _, rows = elr_loss(torch.tensor([[LN3, 0.0]]), torch.tensor([0]), memory[[2]], lam=5.0, beta=0.3)  # p = [3/4, 1/4]
+    assert rows[0].tolist() == pytest.approx([0.3 * 0.175 + 0.7 * 0.75, 0.3 * 0.525 + 0.7 * 0.25])
 
 
 def test_elr_clamps_probabilities_then_normalises_the_memory_target():
-    elr = ELRLoss(num_samples=1, num_classes=2, lam=5.0, beta=0.3)
-    elr(torch.tensor([[0.0, 100.0]]), torch.tensor([1]), torch.tensor([0]))
+    _, rows = elr_loss(torch.tensor([[0.0, 100.0]]), torch.tensor([1]), torch.zeros(1, 2), lam=5.0, beta=0.3)
     clamped = torch.tensor([1e-4, 1 - 1e-4])
-    assert torch.allclose(elr.targets[0], 0.7 * clamped / clamped.sum())
+    assert torch.allclose(rows[0], 0.7 * clamped / clamped.sum())
 
 
 def test_make_optimizer_builds_sgd_and_adamw_with_the_given_settings():

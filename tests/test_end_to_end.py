@@ -64,7 +64,7 @@ def test_phase1_then_phase2_files_are_complete_and_consistent(world):
     for key in ("loss", "loss_cls", "loss_dp", "test_acc", "precision", "recall", "f1",
                 "batch_mean_precision", "num_selected", "lr", "seconds", "peak_memory_mb"):
         assert key in records[0], key
-    assert records[0]["lr"] == pytest.approx(0.03) and records[1]["lr"] == pytest.approx(0.015)
+    assert records[0]["lr"] == pytest.approx(0.003) and records[1]["lr"] == pytest.approx(0.0015)  # cosine, T=2
     assert records[-1]["num_selected"] == int(mask.sum())  # the mask is the last epoch's selection
     assert summary["num_selected"] == int(mask.sum())
 
@@ -120,11 +120,11 @@ def test_resume_after_an_interrupted_epoch_gives_the_same_result(world, tmp_path
     def interrupted(step, loader, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:  # die in the middle of epoch 2, after its first batch
-            def dying_step(batch, seen=[]):
+            def dying_step(batch, weights_only, seen=[]):
                 seen.append(1)
                 if len(seen) == 2:
                     raise KeyboardInterrupt
-                return step(batch)
+                return step(batch, weights_only)
             return real(dying_step, loader, *args, **kwargs)
         return real(step, loader, *args, **kwargs)
 

@@ -96,7 +96,7 @@ def test_gmm_losses_come_from_the_training_samples_in_dataset_order(tmp_path):
     from datasets import build_datasets
     from tools.smoke_run import build_smoke_world
     from utils.config import Config, apply_overrides, load_yaml
-    from utils.engine import make_loader
+    from utils.loader import make_loader
 
     world = build_smoke_world(tmp_path, per_class_train=3, per_class_test=1)
     cfg = apply_overrides(Config(), {**load_yaml(world["fft"]), "noise_mode": "sym", "noise_ratio": 0.4}, "t")

@@ -46,6 +46,16 @@ def tiny_overrides(root: Path, data_path: Path, checkpoint: Path, **extra) -> di
             "noise_cache_dir": str(root / "noise"), **extra}
 
 
+def keep_every_second_sample(run: Path) -> np.ndarray:
+    """Replace phase 1's mask by a hand-made one (same metadata): with random weights and the argmax
+    condition, the tiny CLIP selects nothing, and phase 2 rightly refuses an empty mask."""
+    mask = np.arange(len(np.load(run / "clean_mask.npy"))) % 2 == 0
+    np.save(run / "clean_mask.npy", mask)
+    meta = json.loads((run / "clean_mask.json").read_text())
+    (run / "clean_mask.json").write_text(json.dumps({**meta, "num_selected": int(mask.sum())}))
+    return mask
+
+
 def test_clothing1m_phase1_then_phase2_on_the_saved_subsample(tmp_path, checkpoint):
     mini = write_clothing1m(tmp_path / "clothing1M", per_class=3)
     common = tiny_overrides(tmp_path, mini.data_path, checkpoint)
@@ -68,6 +78,7 @@ def test_clothing1m_phase1_then_phase2_on_the_saved_subsample(tmp_path, checkpoi
     assert meta["num_samples"] == 28 and len(meta["sample_ids"]) == 28 and len(set(meta["sample_ids"])) == 28
     assert set(meta["sample_ids"]) <= set(mini.extra["train_keys"])
 
+    keep_every_second_sample(run1)
     summary2 = main_real_phase2.main(["--cfg", fft])
     run2 = tmp_path / "output" / "real_phase2" / "clothing1m" / "seed0"
     cfg2 = apply_overrides(Config(), load_yaml(str(run2 / "config.yaml")), "phase-2 config")
@@ -101,6 +112,7 @@ def test_cifar100n_reports_detection_scores_against_the_true_labels(tmp_path, ch
     assert summary1["detection_metrics"] == "computed"
     assert {"precision", "recall", "f1"} <= set(read_metrics(str(run1))[-1])
 
+    mask = keep_every_second_sample(run1)
     summary2 = main_real_phase2.main(["--cfg", fft])
     assert summary2["num_train_samples"] == int(mask.sum())
     assert len(read_metrics(str(tmp_path / "output" / "real_phase2" / "cifar100" / "seed0"))) == 5

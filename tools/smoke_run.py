@@ -54,7 +54,9 @@ def build_smoke_world(root: Path, per_class_train: int = 12, per_class_test: int
             cfg = yaml.safe_load(handle)
         cfg.update(overrides)
         if kind == "PEFT":
-            cfg["vpt_len"] = 2
+            # 2 VPT tokens; lr 0.003: at the official 0.03 the random tiny CLIP's negative prompts win
+            # everywhere by epoch 2 and the mask would be empty (which phase 2 refuses)
+            cfg.update(vpt_len=2, lr=0.003)
         paths[kind.lower()] = str(root / f"{kind}.yaml")
         with open(paths[kind.lower()], "w", encoding="utf-8") as handle:
             yaml.safe_dump(cfg, handle, sort_keys=False)

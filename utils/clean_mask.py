@@ -11,11 +11,13 @@ from typing import Any, Optional
 
 import numpy as np
 
+from utils import distributed
 from utils.errors import UserError
 from utils.io import atomic_save_numpy, atomic_write_json
 
 MASK_FILE = "clean_mask.npy"
 META_FILE = "clean_mask.json"
+SCORES_FILE = "clean_scores.npy"  # the detector's per-sample clean score (DeFT: p_clean), where it has one
 
 # Metadata fields that must agree between the mask and the dataset phase 2 builds.
 IDENTITY_FIELDS = ("dataset", "num_samples", "noise_mode", "noise_ratio", "given_labels_sha256")
@@ -25,14 +27,27 @@ class CleanMaskError(UserError, ValueError):
     """A clean mask is missing or does not belong to the dataset it is used with."""
 
 
-def save_clean_mask(run_dir: str, mask: np.ndarray, metadata: dict) -> str:
-    """Write mask and metadata atomically (metadata last, so a present .json means a complete pair)."""
+def save_clean_mask(run_dir: str, mask: np.ndarray, metadata: dict,
+                    clean_scores: Optional[np.ndarray] = None) -> str:
+    """Write mask, scores and metadata atomically (metadata last: a present .json means a complete set).
+
+    `clean_scores` (N,) is the detector's per-sample score behind the mask (higher = cleaner). Only
+    rank 0 writes; every rank gets the path.
+    """
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 1 or mask.shape[0] != metadata["num_samples"]:
         raise CleanMaskError(f"mask of shape {mask.shape} does not match num_samples={metadata['num_samples']}")
     meta = dict(metadata, num_selected=int(mask.sum()), mask_file=MASK_FILE)
-    atomic_save_numpy(os.path.join(run_dir, MASK_FILE), mask)
-    atomic_write_json(os.path.join(run_dir, META_FILE), meta)
+    if clean_scores is not None:
+        clean_scores = np.asarray(clean_scores, dtype=np.float32)
+        if clean_scores.shape != mask.shape:
+            raise CleanMaskError(f"clean scores of shape {clean_scores.shape} do not match the mask {mask.shape}")
+        meta["scores_file"] = SCORES_FILE
+    if distributed.is_main():
+        atomic_save_numpy(os.path.join(run_dir, MASK_FILE), mask)
+        if clean_scores is not None:
+            atomic_save_numpy(os.path.join(run_dir, SCORES_FILE), clean_scores)
+        atomic_write_json(os.path.join(run_dir, META_FILE), meta)
     return os.path.join(run_dir, MASK_FILE)
 
 
@@ -73,10 +88,20 @@ def load_clean_mask(mask_path: str, expected: dict) -> tuple[np.ndarray, dict]:
             f"no clean mask at {mask_path} (expected {MASK_FILE} and {META_FILE} side by side). "
             "Run phase 1 first with the same --cfg dataset, --noise_mode, --noise_ratio and seed, "
             "or pass --clean_mask PATH")
-    with open(meta_path, encoding="utf-8") as handle:
-        meta = json.load(handle)
-    mask = np.load(mask_path, allow_pickle=False)
-    if mask.dtype != bool or mask.ndim != 1 or mask.shape[0] != meta.get("num_samples"):
+    try:
+        with open(meta_path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CleanMaskError(f"{meta_path} is not readable JSON ({type(err).__name__}: {err}); expected the "
+                             f"metadata phase 1 writes beside {MASK_FILE}") from None
+    if not isinstance(meta, dict):
+        raise CleanMaskError(f"{meta_path} holds a {type(meta).__name__}; expected the JSON object phase 1 writes")
+    try:
+        mask = np.load(mask_path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise CleanMaskError(f"{mask_path} is not a readable .npy array ({type(err).__name__}: {err}); expected "
+                             f"the bool vector phase 1 writes (pickled objects are never loaded)") from None
+    if not isinstance(mask, np.ndarray) or mask.dtype != bool or mask.ndim != 1 or mask.shape[0] != meta.get("num_samples"):
         raise CleanMaskError(
             f"{mask_path} holds a {mask.dtype} array of shape {mask.shape}; expected a bool vector "
             f"of length {meta.get('num_samples')} as recorded in {meta_path}")
@@ -86,7 +111,26 @@ def load_clean_mask(mask_path: str, expected: dict) -> tuple[np.ndarray, dict]:
         raise CleanMaskError(
             f"the clean mask {mask_path} was made for different data ({details}). Use the mask of a "
             "phase-1 run with the same dataset and noise settings, or rerun phase 1")
+    if not mask.any():
+        raise CleanMaskError(
+            f"the clean mask {mask_path} keeps 0 of {mask.size} samples: there is nothing to train on. Check the "
+            "phase-1 run (its log.txt and metrics.jsonl: selected counts per epoch) and run it again")
     return mask, meta
+
+
+def mask_warnings(mask: np.ndarray, given_labels: np.ndarray, num_classes: int, batch_size: int) -> list[str]:
+    """Loud warnings for a mask that is legal but suspicious: fewer samples than one batch, or
+    classes with no kept sample (phase 2 could never predict them)."""
+    warnings = []
+    kept = int(mask.sum())
+    if kept < batch_size:
+        warnings.append(f"the clean mask keeps only {kept} samples, fewer than one batch ({batch_size})")
+    counts = np.bincount(np.asarray(given_labels)[mask], minlength=num_classes)
+    missing = np.flatnonzero(counts == 0)
+    if len(missing):
+        shown = ", ".join(str(c) for c in missing[:20]) + (" ..." if len(missing) > 20 else "")
+        warnings.append(f"the clean mask keeps no sample of {len(missing)} of {num_classes} classes ({shown})")
+    return warnings
 
 
 def _mismatches(meta: dict, expected: dict) -> list[tuple[str, Any, Any]]:

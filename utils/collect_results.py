@@ -37,7 +37,8 @@ ACCURACY_ORDER = ("CE", "GCE", "ELR", "SCE", "GMM", "TURN", "DeFT")
 def find_summaries(root: str) -> list[str]:
     """Every summary.json under `root` (sorted, so the output does not depend on the file system)."""
     found = []
-    for folder, _, files in os.walk(root):
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))  # staging folders of --overwrite
         if SUMMARY in files:
             found.append(os.path.join(folder, SUMMARY))
     return sorted(found)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -135,6 +137,9 @@ class Config:
     device: str = "auto"
     output_dir: str = "output"
     progress: bool = True
+    # ---- memory (the same update, less memory; see README "Scale") ----
+    micro_batch_size: Optional[int] = field(default=None, metadata=_range(1))  # per-process chunks of the batch
+    grad_checkpointing: bool = False  # open_clip's / timm's activation checkpointing
 
     def to_dict(self) -> dict:
         """The resolved configuration as plain YAML-serialisable values."""
@@ -172,7 +177,10 @@ def _coerce(key: str, value: Any) -> Any:
         if base is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)  # YAML 1.1 reads "5e-4" as a string
+            number = float(value)  # YAML 1.1 reads "5e-4" as a string
+            if not math.isfinite(number):
+                raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+            return number
         if base is str:
             if isinstance(value, (list, dict)):
                 raise ValueError
@@ -181,6 +189,8 @@ def _coerce(key: str, value: Any) -> Any:
             if not isinstance(value, (list, tuple)):
                 raise ValueError
             return [str(v) for v in value]
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         pass
     raise ConfigError(f"config key '{key}' expects {getattr(base, '__name__', base)}, got {value!r}")
@@ -230,15 +240,43 @@ def apply_overrides(cfg: Config, values: dict, source: str) -> Config:
     return updated
 
 
-def load_yaml(path: str) -> dict:
-    """Read a YAML mapping, with a clear error for a missing file or a non-mapping."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key written twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"duplicate key '{key}' in {getattr(self, 'source', 'the YAML')} at line "
+                                  f"{key_node.start_mark.line + 1} (first at line {seen[key]}); keep one of them")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_file(path: str) -> Any:
+    """Parse a YAML file safely (no duplicate keys), with `ConfigError`s that name the file."""
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a directory; pass a YAML file, e.g. config/PEFT/cifar100.yaml")
     try:
         with open(path, "r", encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            loader = _UniqueKeyLoader(handle)
+            loader.source = path
+            try:
+                return loader.get_single_data()
+            finally:
+                loader.dispose()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read ({type(err).__name__}: {err})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+
+
+def load_yaml(path: str) -> dict:
+    """Read a YAML mapping, with a clear error for a missing file, a duplicate key or a non-mapping."""
+    data = read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -253,7 +291,12 @@ def parse_opts(opts: Sequence[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--opts expects key=value pairs, got {item!r}")
         key, raw = item.split("=", 1)
-        parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        if key.strip() in parsed:
+            raise ConfigError(f"--opts sets '{key.strip()}' twice; give each key once")
+        try:
+            parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--opts {item!r}: the value is not a YAML scalar or list ({err})") from None
     return parsed
 
 
@@ -291,8 +334,46 @@ def resolve_config(args: argparse.Namespace, defaults: Optional[dict] = None) ->
     return apply_overrides(cfg, parse_opts(args.opts), source="--opts")
 
 
-def save_config(cfg: Config, path: str) -> None:
-    """Write the resolved config as YAML (atomically)."""
+def save_config(cfg: Config, path: str, header: str = "") -> None:
+    """Write the resolved config as YAML (atomically), after `header` comment lines."""
     from utils.io import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    atomic_write_text(path, comments + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------- what a resumed run may change
+# Keys that cannot change a run's result: a resumed run may change them freely.
+RESUME_NEUTRAL_KEYS = ("num_workers", "progress", "output_dir", "gpuid", "download", "micro_batch_size",
+                       "grad_checkpointing")
+# Keys a resumed run may change on purpose (a lower lr after a non-finite loss, another device);
+# the change is logged and recorded in config_history.jsonl and summary.json.
+RESUME_ADJUSTABLE_KEYS = ("lr", "device")
+# Keys holding paths: compared after normalisation, so "data/x/" and "./data/x" are the same.
+PATH_KEYS = ("data_path", "output_dir", "pretrained", "weights_path", "noise_cache_dir", "clean_mask",
+             "cifar_n_label_file", "subsample_file", "imagenet_val_path")
+
+
+def resume_changes(saved: dict, cfg: Config, source: str) -> dict[str, tuple[Any, Any]]:
+    """Changes a resumed run makes to its saved config: {key: (old, new)} of the adjustable keys.
+
+    Result-neutral keys may differ silently; any other difference is a ConfigError that names the
+    key and both values, since the resumed run would no longer be the run it continues.
+    """
+    adjustable, refused = {}, {}
+    defaults = Config().to_dict()  # a run saved before a key existed had its default
+    for key, new in cfg.to_dict().items():
+        old = saved.get(key, defaults[key])
+        if key in PATH_KEYS and isinstance(old, str) and isinstance(new, str):
+            same = os.path.normpath(old) == os.path.normpath(new) if old and new else old == new
+        else:
+            same = old == new
+        if same or key in RESUME_NEUTRAL_KEYS:
+            continue
+        (adjustable if key in RESUME_ADJUSTABLE_KEYS else refused)[key] = (old, new)
+    if refused:
+        details = "; ".join(f"{k}: {old!r} in {source}, {new!r} now" for k, (old, new) in refused.items())
+        raise ConfigError(f"--resume would change the run's settings ({details}). Resume with the same "
+                          f"settings (only {', '.join(RESUME_ADJUSTABLE_KEYS)} may change, and keys that "
+                          "cannot change the result), or start a new run with --overwrite")
+    return adjustable

@@ -1,48 +1,62 @@
-"""The one training engine every script uses: device, precision, data loading, the epoch loop,
-evaluation, checkpoint/resume and the per-epoch metrics log.
+"""The one training engine every script uses: device, precision, the epoch loop and evaluation.
 
-A script supplies a `step(batch) -> (loss, stats)` function; `train_one_epoch` runs it over a
-loader with autocast, gradient scaling, the non-finite-loss stop and a progress bar.
-`Experiment` owns the run directory: it resumes from `checkpoint.pt`, and after each epoch
-saves the checkpoint and rewrites `metrics.jsonl` from the history the checkpoint holds, so a
-resumed run produces the same files as an uninterrupted one.
+A script supplies `step(batch, weights_only) -> StepOutput`: per-sample loss values and weights for
+each named term, plus per-sample outputs to keep (decisions such as "selected"). The engine turns
+the terms into the loss of the *global* batch,
+
+    loss = sum over terms t of  sum_i w_ti * v_ti / sum_i w_ti   (i over the valid samples of the
+                                                                   global batch, on every rank)
+
+so that a selection-weighted mean (L_sim after warm-up, small-loss, GMM's clean CE) is the same in
+one process, in N processes (torchrun) and with gradient accumulation (`micro_batch_size`): the
+denominators are summed over ranks and micro-batches before any backward. With micro-batches the
+engine first calls the step with `weights_only=True` under no_grad to learn the weights (a step
+whose weights do not depend on the forward returns them without running the model), then runs the
+differentiable pass micro-batch by micro-batch. A term may instead give a `batch_rule` that decides
+the weights from the values of the whole global batch (small-loss: keep the smallest losses).
+
+Per-sample outputs are kept by global sample index and summed over ranks at the end of the epoch;
+padding added by the sampler never counts, and every sample must be decided exactly once.
+The run directory, checkpoints and resume live in `utils/experiment.py`.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import resource
-import time
 from collections import defaultdict
-from typing import Callable, Iterator, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from utils.config import Config, save_config
-from utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from utils import distributed
+from utils.config import Config
+from utils.loader import Batch, batches, dataset_size, make_loader
 from utils.losses import check_finite
-from utils.run_dir import CHECKPOINT, CONFIG, METRICS, SUMMARY, prepare_run_dir, setup_logging
-
-StepFn = Callable[[list], tuple[torch.Tensor, dict]]
 
 
 # ---------------------------------------------------------------- device, precision, seeding
 def resolve_device(name: str, gpuid: Optional[int] = None) -> torch.device:
-    """`auto` -> CUDA (device `gpuid`) when available, else CPU; anything else as given."""
+    """`auto` -> CUDA when available (under torchrun: this process's LOCAL_RANK, else `gpuid`), else CPU."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", gpuid or 0)
-        return torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        name = "cuda"
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device: auto or cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device: auto or cpu")
+        if distributed.launched_by_torchrun():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        elif device.index is None:
+            device = torch.device("cuda", gpuid or 0)
+        torch.cuda.set_device(device)
     return device
 
 
@@ -73,88 +87,210 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A seed for one epoch's shuffling and augmentation, so a resumed epoch replays exactly."""
-    return (seed * 1_000_003 + epoch * 7919) % 2**31
+# ---------------------------------------------------------------- what a step returns
+@dataclass
+class LossTerm:
+    """One mean of the loss: sum_i w_i * v_i / sum_i w_i over the valid samples of the global batch."""
+
+    values: Optional[torch.Tensor]  # (b,) per-sample values; None only in a weights-only pass
+    weights: Optional[torch.Tensor] = None  # (b,) non-negative weights (a 0/1 selection); None: all ones
+    batch_rule: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # global-batch values -> weights
 
 
-# ---------------------------------------------------------------- data loading
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int,
-                device: torch.device) -> DataLoader:
-    """DataLoader with its own generator (seeded per epoch by `Experiment`), drop_last=False."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", drop_last=False,
-                      generator=torch.Generator() if shuffle else None)
+@dataclass
+class StepOutput:
+    """The loss terms of a (micro-)batch and the per-sample outputs to keep by sample index."""
+
+    terms: dict[str, LossTerm]
+    per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (b, ...) tensor
 
 
-def to_device(batch: list, device: torch.device) -> list:
-    """Move the tensors of a batch to `device` (non-blocking when pinned)."""
-    return [item.to(device, non_blocking=True) if torch.is_tensor(item) else item for item in batch]
+StepFn = Callable[[Batch, bool], StepOutput]
 
 
-def start_epoch_rng(loader: DataLoader, seed: int, epoch: int) -> None:
-    """Seed data order, augmentation and per-epoch draws (complementary labels) for `epoch`."""
-    value = epoch_seed(seed, epoch)
-    random.seed(value)
-    np.random.seed(value)
-    torch.manual_seed(value)
-    if loader.generator is not None:
-        loader.generator.manual_seed(value)
-    dataset = getattr(loader.dataset, "dataset", loader.dataset)  # unwrap a Subset
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
+@dataclass
+class EpochResult:
+    """Mean loss terms of the epoch (`loss`, `loss_<term>`) and per-sample outputs over the dataset.
+
+    `per_sample[name]` has one row per sample of the (base) dataset, in dataset order; besides the
+    step's own outputs it holds `weight_<term>` (the weight each sample had in that term) and
+    `batch` (the global batch a sample was in). `seen` marks the samples this epoch visited.
+    """
+
+    record: dict
+    per_sample: dict[str, np.ndarray]
+    seen: np.ndarray
 
 
 # ---------------------------------------------------------------- one epoch
-class MeanMeter:
-    """Sample-weighted running means of named scalars."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
-
-    def update(self, values: dict, n: int) -> None:
-        for key, value in values.items():
-            self.sums[key] += float(value) * n
-            self.counts[key] += n
-
-    def means(self) -> dict:
-        return {key: self.sums[key] / max(self.counts[key], 1) for key in self.sums}
-
-
 def train_one_epoch(step: StepFn, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, precision: str, device: torch.device,
-                    epoch: int, progress: bool = True) -> dict:
-    """Run `step` on every batch with backward and optimiser step; return the mean stats."""
-    meter = MeanMeter()
+                    scaler: torch.amp.GradScaler, precision: str, device: torch.device, epoch: int,
+                    progress: bool = True, micro_batch_size: Optional[int] = None) -> EpochResult:
+    """One pass over `loader`: per global batch, the loss of `step`'s terms, backward, update."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    recorder = PerSampleRecorder(dataset_size(loader))
+    term_sums: dict[str, float] = defaultdict(float)  # sum over batches of (batch term mean x batch size)
+    num_seen = 0
     # disable=None: tqdm draws only on a terminal, so log files stay free of progress lines
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress else True, dynamic_ncols=True)
+    bar = tqdm(batches(loader, device), total=len(loader), desc=f"epoch {epoch}", leave=False,
+               disable=None if progress and distributed.is_main() else True, dynamic_ncols=True)
     for batch_idx, batch in enumerate(bar):
-        batch = to_device(batch, device)
-        with autocast(precision, device):
-            loss, stats = step(batch)
-        check_finite(loss, f"epoch {epoch}, batch {batch_idx}")
+        chunks = _chunks(len(batch), micro_batch_size)
+        decided: Optional[_Weights] = None
+        if len(chunks) > 1:  # learn every weight of the global batch before the first backward
+            with torch.no_grad(), autocast(precision, device):
+                weights_pass = [step(batch.slice(a, b), True) for a, b in chunks]
+            decided = _decide_weights(_concat_terms([o.terms for o in weights_pass]), batch.valid)
+
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        term_means = torch.zeros(0)
+        outputs = []
+        for a, b in chunks:
+            with autocast(precision, device):
+                out = step(batch.slice(a, b), False)
+            if decided is None:  # one chunk: decide now, between forward and backward
+                decided = _decide_weights(out.terms, batch.valid)
+            contributions = torch.stack([
+                (decided.weights[name][a:b] * term.values.float()).sum() / decided.denominators[name]
+                for name, term in out.terms.items()])
+            scaler.scale(contributions.sum()).backward()
+            term_means = contributions.detach() if not len(term_means) else term_means + contributions.detach()
+            outputs.append(out)
+        # The global batch's loss (each rank holds its share): stop every rank together on NaN/inf.
+        term_means = distributed.all_reduce_sum(term_means.to(distributed.collective_device())).cpu()
+        check_finite(term_means.sum(), f"epoch {epoch}, batch {batch_idx}")
+        distributed.sum_gradients(parameters)
         scaler.step(optimizer)
         scaler.update()
-        stats = {"loss": float(loss.detach()), **stats}
-        meter.update(stats, len(batch[0]))
-        bar.set_postfix({k: f"{v:.3f}" for k, v in meter.means().items() if k.startswith("loss")})
-    return meter.means()
+
+        names = list(outputs[0].terms)
+        for name, value in zip(names, term_means.tolist()):
+            term_sums[name] += value * decided.num_valid
+        num_seen += decided.num_valid
+        per_sample = {key: torch.cat([o.per_sample[key] for o in outputs]) for key in outputs[0].per_sample}
+        per_sample.update({f"weight_{name}": w for name, w in decided.weights.items()})
+        per_sample["batch"] = torch.full((len(batch),), batch_idx)
+        recorder.add(batch.indices, batch.valid, per_sample)
+        bar.set_postfix(loss=f"{sum(term_sums.values()) / max(num_seen, 1):.3f}")
+
+    record = {"loss": sum(term_sums.values()) / max(num_seen, 1)}
+    if len(term_sums) > 1:
+        record.update({f"loss_{name}": total / max(num_seen, 1) for name, total in term_sums.items()})
+    per_sample, seen = recorder.gather(expected=len(loader.dataset))
+    return EpochResult(record, per_sample, seen)
 
 
+def _chunks(size: int, micro_batch_size: Optional[int]) -> list[tuple[int, int]]:
+    """(start, stop) of each micro-batch of a batch of `size` samples."""
+    step = size if not micro_batch_size or micro_batch_size >= size else micro_batch_size
+    return [(start, min(start + step, size)) for start in range(0, max(size, 1), step)]
+
+
+def _concat_terms(parts: list[dict[str, LossTerm]]) -> dict[str, LossTerm]:
+    """The terms of a whole batch from those of its micro-batches (weights-only pass)."""
+    merged = {}
+    for name, first in parts[0].items():
+        terms = [p[name] for p in parts]
+        values = None if first.values is None else torch.cat([t.values for t in terms])
+        weights = None if first.weights is None else torch.cat([t.weights for t in terms])
+        merged[name] = LossTerm(values, weights, first.batch_rule)
+    return merged
+
+
+@dataclass
+class _Weights:
+    weights: dict[str, torch.Tensor]  # name -> (b,) float weights of this rank's samples, 0 on padding
+    denominators: dict[str, torch.Tensor]  # name -> global sum of weights (1 where it is 0: an empty mean is 0)
+    num_valid: int  # real samples in the global batch
+
+
+def _decide_weights(terms: dict[str, LossTerm], valid: torch.Tensor) -> _Weights:
+    """Each term's weights on this rank and its global denominator (summed over the ranks)."""
+    valid_f = valid.float()
+    weights = {}
+    for name, term in terms.items():
+        if term.batch_rule is not None:
+            weights[name] = _batch_rule_weights(term, valid)
+        elif term.weights is not None:
+            weights[name] = term.weights.detach().float() * valid_f
+        else:
+            weights[name] = valid_f
+    totals = torch.stack([w.sum() for w in weights.values()] + [valid_f.sum()])
+    totals = distributed.all_reduce_sum(totals.to(distributed.collective_device())).to(valid.device)
+    denominators = {name: torch.where(total > 0, total, torch.ones_like(total))
+                    for name, total in zip(weights, totals[:-1])}
+    return _Weights(weights, denominators, int(totals[-1].item()))
+
+
+def _batch_rule_weights(term: LossTerm, valid: torch.Tensor) -> torch.Tensor:
+    """Apply `term.batch_rule` to the values of the global batch, in single-process order."""
+    device = distributed.collective_device()
+    values = distributed.interleave_ranks(term.values.detach().float().to(device)).to(valid.device)
+    is_real = distributed.interleave_ranks(valid.to(device)).to(valid.device)
+    global_weights = torch.zeros_like(values)
+    global_weights[is_real] = term.batch_rule(values[is_real]).float()
+    # this rank's samples sit at positions rank, rank + W, ... of the interleaved batch
+    return global_weights[distributed.rank()::distributed.world_size()]
+
+
+class PerSampleRecorder:
+    """Per-sample outputs written by dataset index; summed over the ranks at the end of the epoch."""
+
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = num_samples
+        self.values: dict[str, torch.Tensor] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
+        self.count = torch.zeros(num_samples, dtype=torch.int64)
+
+    def add(self, indices: torch.Tensor, valid: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        keep = valid.cpu()
+        idx = indices.cpu()[keep]
+        self.count[idx] += 1
+        for name, tensor in outputs.items():
+            tensor = tensor.detach().cpu()
+            if name not in self.values:
+                self.values[name] = torch.zeros((self.num_samples, *tensor.shape[1:]), dtype=torch.float64)
+                self.dtypes[name] = tensor.dtype
+            self.values[name][idx] = tensor[keep].double()
+
+    def gather(self, expected: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Sum over ranks; check that each of the `expected` samples was decided exactly once."""
+        device = distributed.collective_device()
+        count = distributed.all_reduce_sum(self.count.to(device)).cpu()
+        most = int(count.max()) if len(count) else 0
+        if most > 1 or int(count.sum()) != expected:
+            raise RuntimeError(f"per-sample outputs cover {int((count > 0).sum())} samples with at most {most} "
+                               f"decisions each; expected {expected} samples decided once")
+        result = {}
+        for name, values in self.values.items():
+            total = distributed.all_reduce_sum(values.to(device)).cpu()
+            result[name] = total.to(self.dtypes[name]).numpy()
+        return result, count.numpy() > 0
+
+
+# ---------------------------------------------------------------- evaluation
 @torch.no_grad()
 def predict(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, precision: str,
             device: torch.device, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply `fn` to every batch's images; return (outputs, labels) on the CPU in loader order."""
+    """Apply `fn` to every image of an unshuffled loader; (outputs, labels) on the CPU in dataset order.
+
+    Under torchrun each rank scores its shard; the shards are gathered and the padding dropped,
+    so every rank returns the outputs of the whole dataset, each sample exactly once.
+    """
     outputs, labels = [], []
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not (progress and distributed.is_main()),
+                      dynamic_ncols=True):
         images = batch[0].to(device, non_blocking=True)
         with autocast(precision, device):
             outputs.append(fn(images).float().cpu())
         labels.append(batch[1])
-    return torch.cat(outputs), torch.cat(labels)
+    outputs, labels = torch.cat(outputs), torch.cat(labels)
+    if distributed.world_size() > 1:
+        gather_device = distributed.collective_device()
+        num_samples = len(loader.dataset)
+        outputs = distributed.interleave_ranks(outputs.to(gather_device))[:num_samples].cpu()
+        labels = distributed.interleave_ranks(labels.to(gather_device))[:num_samples].cpu()
+    return outputs, labels
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -171,6 +307,7 @@ def make_test_loaders(data, batch_size: int, num_workers: int, device: torch.dev
 def evaluate(model: nn.Module, loaders: dict[str, DataLoader], precision: str, device: torch.device,
              forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict[str, float]:
     """Top-1 accuracy (%) of `forward` (default: the model) on every loader, in eval mode."""
+    distributed.broadcast_buffers(model)  # rank 0's BatchNorm statistics on every rank, as DDP
     model.eval()
     result = {key: accuracy(*predict(forward or model, loader, precision, device)) for key, loader in loaders.items()}
     model.train()
@@ -194,108 +331,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# ---------------------------------------------------------------- runs, checkpoints, resume
-def trainable_state(model: nn.Module) -> dict:
-    """State of the parameters that train (the checkpoint need not repeat the frozen backbone)."""
-    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
-class Experiment:
-    """One run: its directory, logger, device, precision, and the checkpointed epoch loop."""
-
-    def __init__(self, cfg: Config, script: str, run_dir: str, resume: bool = False,
-                 overwrite: bool = False) -> None:
-        self.cfg = cfg
-        self.script = script
-        self.run_dir = run_dir
-        self.resuming = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-        self.log = setup_logging(run_dir)
-        config_path = os.path.join(run_dir, CONFIG)
-        if self.resuming:
-            _check_same_config(cfg, config_path)
-        save_config(cfg, config_path)
-        self.device = resolve_device(cfg.device, cfg.gpuid)
-        check_precision(cfg.precision, self.device)
-        self.history: list[dict] = []
-        self.extra: dict = {}  # script state that must survive a resume (e.g. the last selection)
-        self.log.info(f"{script}: run directory {run_dir} on {self.device} ({cfg.precision})")
-        seed_everything(cfg.seed)
-
-    def epochs(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler,
-               loader: DataLoader) -> Iterator[int]:
-        """Yield the epochs still to run (all, or those after the checkpoint when resuming).
-
-        Before each epoch the RNGs are seeded from (seed, epoch); after the caller has appended
-        that epoch's record with `end_epoch`, the scheduler steps and the checkpoint is saved.
-        """
-        self._model, self._optimizer, self._scheduler, self._scaler = model, optimizer, scheduler, scaler
-        first = 1
-        if self.resuming:
-            first = self._load_checkpoint() + 1
-            self.log.info(f"resuming after epoch {first - 1}")
-        for epoch in range(first, self.cfg.epochs + 1):
-            start_epoch_rng(loader, self.cfg.seed, epoch)
-            if self.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(self.device)
-            self._epoch_start = time.time()
-            yield epoch
-            if len(self.history) != epoch:
-                raise RuntimeError(f"epoch {epoch} ended without end_epoch(record)")
-            if self.cfg.lr_schedule == "cosine":
-                scheduler.step()  # once per epoch, after testing (official)
-            self._save_checkpoint(epoch)
-
-    def end_epoch(self, epoch: int, record: dict) -> None:
-        """Add lr, time and memory to `record`, log it and keep it in the history."""
-        record = {"epoch": epoch, **record,
-                  "lr": self._optimizer.param_groups[0]["lr"],
-                  "seconds": round(time.time() - self._epoch_start, 2),
-                  "peak_memory_mb": round(peak_memory_mb(self.device), 1)}
-        self.history.append(record)
-        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
-        self.log.info(shown)
-
-    def _save_checkpoint(self, epoch: int) -> None:
-        state = {"epoch": epoch, "model": trainable_state(self._model),
-                 "optimizer": self._optimizer.state_dict(), "scheduler": self._scheduler.state_dict(),
-                 "scaler": self._scaler.state_dict(), "history": self.history, "extra": self.extra}
-        atomic_torch_save(os.path.join(self.run_dir, CHECKPOINT), state)
-        lines = "".join(_json_line(record) for record in self.history)
-        atomic_write_text(os.path.join(self.run_dir, METRICS), lines)
-
-    def _load_checkpoint(self) -> int:
-        state = torch.load(os.path.join(self.run_dir, CHECKPOINT), map_location="cpu", weights_only=False)
-        missing = self._model.load_state_dict(state["model"], strict=False)
-        if missing.unexpected_keys:
-            raise RuntimeError(f"checkpoint does not fit the model: unexpected {missing.unexpected_keys[:5]}")
-        self._optimizer.load_state_dict(state["optimizer"])
-        self._scheduler.load_state_dict(state["scheduler"])
-        self._scaler.load_state_dict(state["scaler"])
-        self.history = list(state["history"])
-        self.extra = dict(state["extra"])
-        return int(state["epoch"])
-
-    def finish(self, summary: dict) -> None:
-        """Write summary.json last: its presence marks the run as finished."""
-        atomic_write_json(os.path.join(self.run_dir, SUMMARY), summary)
-        self.log.info(f"finished: {os.path.join(self.run_dir, SUMMARY)}")
-
-
-def _check_same_config(cfg: Config, path: str) -> None:
-    """A resumed run must continue with the configuration it started with."""
-    with open(path, encoding="utf-8") as handle:
-        saved = yaml.safe_load(handle)
-    changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items() if saved.get(k) != v}
-    if changed:
-        details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-        raise RuntimeError(f"--resume with a different configuration than {path} ({details}); "
-                           "resume with the same flags or start again with --overwrite")
-
-
-def _json_line(record: dict) -> str:
-    return json.dumps(record) + "\n"
-
-
+# ---------------------------------------------------------------- optimisers
 def make_optimizer(groups: list[list[nn.Parameter]], name: str, lr: float, weight_decay: float,
                    momentum: float = 0.0) -> torch.optim.Optimizer:
     """`sgd` (with `momentum`) or `adamw` (PyTorch's default betas and eps), one group per list."""

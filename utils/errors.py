@@ -1,6 +1,7 @@
 """Errors caused by the user's input, and the command-line wrapper that reports them plainly."""
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Callable
 
@@ -10,9 +11,29 @@ class UserError(Exception):
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a script's main(); input errors print `error: ...` and exit with status 2."""
+    """Run a script's main(); input errors print `error: ...` and exit with status 2.
+
+    Every error that stops a run is also written to the run's log.txt when it has one, so a
+    folder left by a failed run says why it failed.
+    """
+    from utils import distributed
+
     try:
         main()
     except (UserError, FileNotFoundError, FloatingPointError) as err:
+        _log_to_file(f"error: {err}")
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except BaseException as err:
+        _log_to_file(f"stopped by {type(err).__name__}: {err}")
+        raise
+    finally:
+        distributed.shutdown()
+
+
+def _log_to_file(message: str) -> None:
+    """Write `message` to the log files of the 'deft' logger only (the terminal gets it separately)."""
+    record = logging.LogRecord("deft", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger("deft").handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

@@ -40,52 +40,64 @@ def gce_loss(logits: torch.Tensor, labels: torch.Tensor, q: float = 0.7) -> torc
     return (1.0 - torch.exp(q * log_p_y)) / q  # p_y^q as exp(q·log p_y): no clamp needed
 
 
-class ELRLoss:
-    """Early-learning regularisation with a per-sample target memory (official §4.4).
+def elr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, lam: float = 5.0,
+             beta: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Early-learning regularisation (official §4.4): the per-sample loss and the updated targets.
 
-    For each batch: p = clamp(softmax, 1e-4, 1 - 1e-4); first t_i <- β·t_i + (1-β)·sg(p_i)/Σ sg(p_i),
-    then loss_i = CE_i + λ·ln(1 - <t_i, p_i>) (p keeps its gradient). The memory (N, C) starts at
-    zero, lives on the model's device, and is state to checkpoint (`targets`).
+    p = clamp(softmax, 1e-4, 1 - 1e-4); first t_i <- β·t_i + (1-β)·sg(p_i)/Σ sg(p_i) (the rows of the
+    N×C target memory for this batch, `targets`), then loss_i = CE_i + λ·ln(1 - <t_i, p_i>), p keeping
+    its gradient. Returns (loss (batch,), new target rows (batch, C)); the caller writes the rows back
+    into the memory, which is state to checkpoint. Each sample is visited once per epoch, so the
+    memory can be updated after the epoch as well as in place.
     """
-
-    def __init__(self, num_samples: int, num_classes: int, lam: float = 5.0, beta: float = 0.3,
-                 device: torch.device | str = "cpu") -> None:
-        self.lam, self.beta = lam, beta
-        self.targets = torch.zeros(num_samples, num_classes, device=device)  # (N, C)
-
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """Per-sample ELR loss (batch,); updates the memory rows of `indices`."""
-        logits = logits.float()
-        probs = F.softmax(logits, dim=1).clamp(min=1e-4, max=1.0 - 1e-4)
-        detached = probs.detach()
-        self.targets[indices] = self.beta * self.targets[indices] + \
-            (1.0 - self.beta) * detached / detached.sum(dim=1, keepdim=True)
-        ce = F.cross_entropy(logits, labels, reduction="none")
-        regulariser = torch.log(1.0 - (self.targets[indices] * probs).sum(dim=1))
-        return ce + self.lam * regulariser
+    logits = logits.float()
+    probs = F.softmax(logits, dim=1).clamp(min=1e-4, max=1.0 - 1e-4)
+    detached = probs.detach()
+    new_targets = beta * targets.float() + (1.0 - beta) * detached / detached.sum(dim=1, keepdim=True)
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    regulariser = torch.log(1.0 - (new_targets * probs).sum(dim=1))
+    return ce + lam * regulariser, new_targets
 
 
 @dataclass
 class Phase1LossOutput:
-    """The loss and what it decided for the batch."""
+    """The per-sample terms of the loss and what it decided for the batch.
 
-    loss: torch.Tensor
-    loss_cls: torch.Tensor  # L_sim: CE of the positive-prompt classifier
-    loss_dp: torch.Tensor  # L_dp: dual-prompt negative-learning loss
+    The engine averages each term over the global batch (`utils/engine.py`); `loss_cls`,
+    `loss_dp` and `loss` are the same means over this batch alone.
+    """
+
+    cls_values: torch.Tensor  # (batch,) L_sim per sample: CE (or SCE in warm-up) of the positive prompts
+    cls_weights: torch.Tensor  # (batch,) 1 for the samples L_sim averages over (all in warm-up, else selected)
+    dp_values: torch.Tensor  # (batch,) L_dp per sample: -log p_no[i, comp_i] - log p_yes[i, prompt_label_i]
     selected: torch.Tensor  # (batch,) bool, p_clean > 0.5
+    p_clean: torch.Tensor  # (batch,) p_yes[i, given_i], fp32, detached
     prompt_labels: torch.Tensor  # labels the positive side of L_dp used (given or pseudo)
     predictions: torch.Tensor  # argmax of the positive logits
+
+    @property
+    def loss_cls(self) -> torch.Tensor:
+        return masked_mean(self.cls_values, self.cls_weights)
+
+    @property
+    def loss_dp(self) -> torch.Tensor:
+        return self.dp_values.mean()
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self.loss_cls + self.loss_dp
 
 
 def deft_phase1_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, given_labels: torch.Tensor,
                      complementary_labels: torch.Tensor, in_warmup: bool, prompt_labels_are_given: bool,
                      requires_argmax: bool = False, warmup_loss: str = "ce") -> Phase1LossOutput:
-    """DeFT phase-1 loss on one batch.
+    """DeFT phase-1 loss on one batch, as per-sample terms.
 
     pos_logits, neg_logits: (batch, num_classes) = s·z·t+ and s·sg(z)·t-.
     Warm-up: L_sim = mean CE (or SCE) over all samples. After: mean CE over the selected samples.
     L_dp = mean -log p_no[i, ȳ_i] + mean -log p_yes[i, ŷ_i], ŷ = given label while
     `prompt_labels_are_given`, else the given label if selected and the prediction otherwise.
+    Both L_dp means run over the same samples, so L_dp is one mean of the per-sample sums.
     """
     p_yes = pair_probabilities(pos_logits, neg_logits)  # (batch, C), grad only to neg side
     p_no = torch.sigmoid(neg_logits.float() - pos_logits.detach().float())
@@ -93,19 +105,20 @@ def deft_phase1_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, given_l
     predictions = pos_logits.detach().argmax(dim=1)
 
     if in_warmup:
-        per_sample = (sce_loss(pos_logits, given_labels) if warmup_loss == "sce"
+        cls_values = (sce_loss(pos_logits, given_labels) if warmup_loss == "sce"
                       else F.cross_entropy(pos_logits.float(), given_labels, reduction="none"))
-        loss_cls = per_sample.mean()
+        cls_weights = torch.ones_like(cls_values)
     else:
-        ce = F.cross_entropy(pos_logits.float(), given_labels, reduction="none")
-        loss_cls = masked_mean(ce, selected)
+        cls_values = F.cross_entropy(pos_logits.float(), given_labels, reduction="none")
+        cls_weights = selected.float()
 
     prompt_labels = given_labels if prompt_labels_are_given else torch.where(selected, given_labels, predictions)
     log_no = torch.log(p_no.clamp(min=LOG_CLAMP, max=1.0))
     log_yes = torch.log(p_yes.clamp(min=LOG_CLAMP, max=1.0))
-    loss_dp = (-log_no.gather(1, complementary_labels.view(-1, 1))).mean() + \
-              (-log_yes.gather(1, prompt_labels.view(-1, 1))).mean()
-    return Phase1LossOutput(loss_cls + loss_dp, loss_cls, loss_dp, selected, prompt_labels, predictions)
+    dp_values = -log_no.gather(1, complementary_labels.view(-1, 1)).squeeze(1) \
+        - log_yes.gather(1, prompt_labels.view(-1, 1)).squeeze(1)
+    p_clean = p_yes.detach().gather(1, given_labels.view(-1, 1)).squeeze(1)
+    return Phase1LossOutput(cls_values, cls_weights, dp_values, selected, p_clean, prompt_labels, predictions)
 
 
 def check_finite(loss: torch.Tensor, where: str) -> None:
@@ -113,5 +126,7 @@ def check_finite(loss: torch.Tensor, where: str) -> None:
     value = float(loss.detach())
     if not math.isfinite(value):
         raise FloatingPointError(
-            f"non-finite loss ({value}) at {where}; stopping. Lower the learning rate or use "
-            "precision: fp32, then rerun with --overwrite (or --resume from the last good epoch)")
+            f"non-finite loss ({value}) at {where}; stopped before the update. Every finished epoch is "
+            "checkpointed: continue from the last one with a lower learning rate, e.g. --resume --opts "
+            "lr=<lower> (recorded in config_history.jsonl), or, if no epoch finished, run again with a lower "
+            "lr; precision: fp32 may also help")

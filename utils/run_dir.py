@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-import shutil
-import sys
 
 from utils.config import REAL_NOISE_DATASETS, Config
 from utils.errors import UserError
@@ -43,47 +40,52 @@ def run_path(cfg: Config, script: str) -> str:
     return os.path.join(cfg.output_dir, script, cfg.dataset, f"{noise_tag(cfg)}_seed{cfg.seed}")
 
 
-def prepare_run_dir(path: str, resume: bool, overwrite: bool) -> bool:
-    """Create or check the run directory; return True when an interrupted run should be resumed."""
-    finished = os.path.exists(os.path.join(path, SUMMARY))
-    interrupted = os.path.exists(os.path.join(path, CHECKPOINT)) and not finished
+class RunState:
+    """What a run directory holds: nothing, a stub, an interrupted run, or a finished run."""
+
+    NEW = "new"  # no directory
+    STUB = "stub"  # a directory without checkpoint or summary: the run stopped before its first epoch ended
+    INTERRUPTED = "interrupted"  # checkpoint.pt but no summary.json: --resume continues it
+    FINISHED = "finished"  # summary.json: the run is complete
+
+
+def run_state(path: str) -> str:
+    """The RunState of `path` (reads nothing but the directory listing)."""
+    if not os.path.isdir(path):
+        return RunState.NEW
+    if os.path.exists(os.path.join(path, SUMMARY)):
+        return RunState.FINISHED
+    if os.path.exists(os.path.join(path, CHECKPOINT)):
+        return RunState.INTERRUPTED
+    return RunState.STUB
+
+
+def check_run_dir(path: str, resume: bool, overwrite: bool) -> str:
+    """Apply the rules that protect results; return the RunState. Writes nothing.
+
+    A finished run is replaced only with --overwrite, an interrupted one continues only with
+    --resume (or is replaced with --overwrite); a stub (a run that failed before its first
+    checkpoint: config.yaml and log.txt with the error) is not a run and is simply reused.
+    """
+    state = run_state(path)
+    if resume and overwrite:
+        raise RunExistsError("--resume and --overwrite exclude each other: continue the run, or replace it")
     if overwrite:
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.makedirs(path)
-        return False
-    if finished:
+        return state
+    if state == RunState.FINISHED:
         raise RunExistsError(
             f"a finished run already exists in {path} (see {SUMMARY}); pass --overwrite to replace "
             "it or choose another place with --opts output_dir=...")
-    if resume:
-        if not interrupted:
-            raise RunExistsError(f"--resume given but {path} holds no {CHECKPOINT} to continue from")
-        return True
-    if interrupted:
+    if resume and state != RunState.INTERRUPTED:
+        why = ("it does not exist" if state == RunState.NEW else
+               f"the run stopped before its first epoch ended (see {os.path.join(path, LOG)}); "
+               "run the same command without --resume to start it again")
+        raise RunExistsError(f"--resume given but {path} holds no {CHECKPOINT} to continue from: {why}")
+    if state == RunState.INTERRUPTED and not resume:
         raise RunExistsError(
             f"an interrupted run exists in {path}; pass --resume to continue it or --overwrite "
             "to start again")
-    os.makedirs(path, exist_ok=True)
-    return False
-
-
-def setup_logging(run_dir: str) -> logging.Logger:
-    """Log to stdout and to <run_dir>/log.txt (appending, so a resumed run keeps its history)."""
-    logger = logging.getLogger("deft")
-    logger.setLevel(logging.INFO)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    file_handler = logging.FileHandler(os.path.join(run_dir, LOG), encoding="utf-8")
-    file_handler.setFormatter(fmt)
-    stream_handler = logging.StreamHandler(sys.stdout)
-    stream_handler.setFormatter(fmt)
-    logger.addHandler(file_handler)
-    logger.addHandler(stream_handler)
-    logger.propagate = False
-    return logger
+    return state
 
 
 def read_metrics(run_dir: str) -> list[dict]:

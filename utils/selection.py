@@ -59,27 +59,58 @@ def detection_scores(selected: np.ndarray, is_clean: np.ndarray) -> DetectionSco
     return DetectionScores(precision, recall, f1, n_sel, n_clean)
 
 
+def clean_auroc(scores: np.ndarray, is_clean: np.ndarray) -> Optional[float]:
+    """AUROC of a clean-sample score (higher = more likely clean) against the truly clean samples.
+
+    It says how separable clean and noisy samples are, whatever threshold the detector uses;
+    None when only one kind of sample exists.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    is_clean = np.asarray(is_clean, dtype=bool)
+    if is_clean.all() or not is_clean.any():
+        return None
+    return float(roc_auc_score(is_clean, np.asarray(scores, dtype=np.float64)))
+
+
 def selection_record(selection: np.ndarray, is_clean: Optional[np.ndarray], prefix: str = "",
-                     batch_scores: Optional["BatchMeanScores"] = None) -> dict:
-    """Selected count and dataset-level precision/recall/F1 of a selection (+ the official batch means).
+                     batch_ids: Optional[np.ndarray] = None, scores: Optional[np.ndarray] = None) -> dict:
+    """Selected count and dataset-level precision/recall/F1 of a selection, the AUROC of the
+    detector's `scores`, and the official per-batch means when the samples' `batch_ids` are given.
 
     Without true labels (real noise) the record says so instead of reporting zeros.
     """
     record = {f"{prefix}num_selected": int(np.sum(selection))}
     if is_clean is None:
         return {**record, "detection": "unavailable: no true labels"}
-    scores = detection_scores(selection, is_clean)
-    record.update({f"{prefix}precision": scores.precision, f"{prefix}recall": scores.recall, f"{prefix}f1": scores.f1})
-    if batch_scores is not None:
-        record.update(batch_scores.result())
+    result = detection_scores(selection, is_clean)
+    record.update({f"{prefix}precision": result.precision, f"{prefix}recall": result.recall,
+                   f"{prefix}f1": result.f1})
+    if scores is not None:
+        record[f"{prefix}auroc"] = clean_auroc(scores, is_clean)
+    if batch_ids is not None:
+        record.update(batch_mean_scores(selection, is_clean, batch_ids))
     return record
 
 
-def mask_scores(mask: np.ndarray, is_clean: Optional[np.ndarray]) -> dict:
-    """The `mask_*` precision/recall/F1 fields of a saved mask, or why there are none."""
+def mask_scores(mask: np.ndarray, is_clean: Optional[np.ndarray], scores: Optional[np.ndarray] = None) -> dict:
+    """The `mask_*` precision/recall/F1 (and AUROC of `scores`) fields of a saved mask, or why there are none."""
     if is_clean is None:
         return {"detection_metrics": "unavailable: no true labels"}
-    return {**detection_scores(mask, is_clean).as_dict("mask_"), "detection_metrics": "computed"}
+    result = {**detection_scores(mask, is_clean).as_dict("mask_"), "detection_metrics": "computed"}
+    if scores is not None:
+        result["mask_auroc"] = clean_auroc(scores, is_clean)
+    return result
+
+
+def batch_mean_scores(selected: np.ndarray, is_clean: np.ndarray, batch_ids: np.ndarray) -> dict:
+    """The official per-batch means of precision and recall, from each sample's (global) batch."""
+    meter = BatchMeanScores()
+    selected, is_clean, batch_ids = (np.asarray(a) for a in (selected, is_clean, batch_ids))
+    for batch in np.unique(batch_ids):
+        members = batch_ids == batch
+        meter.update(selected[members].astype(bool), is_clean[members].astype(bool))
+    return meter.result()
 
 
 class BatchMeanScores:
