@@ -45,7 +45,7 @@ from utils.experiment import Experiment, start_epoch_rng
 from utils.gmm import GMMSettings, class_balanced_subsample, gmm_selection, per_class_gmm_selection
 from utils.loader import Batch, epoch_seed, make_loader
 from utils.losses import elr_loss, gce_loss, sce_loss
-from utils.run_dir import run_path
+from utils.run_dir import run_mode, run_path
 from utils.selection import mask_scores, selection_record
 
 SCRIPT = "baseline"
@@ -64,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
     if method == "TURN":  # step 2 runs turn_fft_epochs; linear probing replaces the warm-up
         cfg = dataclasses.replace(cfg, epochs=cfg.turn_fft_epochs, warmup=0)
     run_name = f"{script}_{method.lower()}" + backbone_run_suffix(cfg.backbone)
-    exp = Experiment(cfg, script, run_path(cfg, run_name), resume=args.resume, overwrite=args.overwrite)
+    exp = Experiment(cfg, script, run_path(cfg, run_name), run_mode(args))
     data = build_datasets(cfg, normalization=backbone_normalization(cfg))
     if len(data.eval) != len(data.train):
         raise RuntimeError("the eval set must hold the training samples (same subsample, same order)")

@@ -24,7 +24,7 @@ from utils.errors import run_cli
 from utils.experiment import Experiment
 from utils.loader import Batch, make_loader
 from utils.losses import deft_phase1_loss
-from utils.run_dir import run_path
+from utils.run_dir import run_mode, run_path
 from utils.selection import dual_prompt_selection, mask_scores, pair_probabilities, selection_record
 
 SCRIPT = "phase1"
@@ -35,7 +35,7 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
     """Run phase 1 and return its summary (`defaults`: config values applied before the YAML)."""
     args = build_arg_parser(description or __doc__, flags=("noise_mode", "noise_ratio")).parse_args(argv)
     cfg = resolve_config(args, defaults)
-    exp = Experiment(cfg, script, run_path(cfg, script), resume=args.resume, overwrite=args.overwrite)
+    exp = Experiment(cfg, script, run_path(cfg, script), run_mode(args))
 
     # 1. Data: the noisy training set (given labels) and, where known, which labels are truly clean.
     data = build_datasets(cfg)

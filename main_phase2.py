@@ -6,6 +6,8 @@ Starts again from the pretrained weights (phase-1 weights are not used), trains 
 blocks and a new linear head with cross-entropy on the samples the clean mask keeps, and tests
 every epoch; reports the best and the last test accuracy. The mask is the phase-1 run's with the
 same dataset, --noise_mode, --noise_ratio and seed, or the file given with --clean_mask.
+With a PEFT YAML (`--cfg ./config/PEFT/...`) the model adapts with the tuner instead of full
+fine-tuning (the paper's Figure 3 ablation); such runs go to output/phase2_peft/.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from torch.utils.data import Subset
 from datasets import build_datasets
 from datasets.build import pin_subsample
 from models.build import build_classifier, count_parameters
-from models.timm_backbones import backbone_normalization, backbone_run_suffix, optimizer_settings
+from models.timm_backbones import backbone_normalization, backbone_run_suffix, is_clip_backbone, optimizer_settings
 from utils.clean_mask import MASK_FILE, load_clean_mask, mask_metadata_path, mask_method, mask_warnings
 from utils.config import build_arg_parser, resolve_config
 from utils.engine import (LossTerm, StepOutput, accuracy_summary, evaluate, make_grad_scaler, make_optimizer,
@@ -28,7 +30,7 @@ from utils.engine import (LossTerm, StepOutput, accuracy_summary, evaluate, make
 from utils.errors import run_cli
 from utils.experiment import Experiment
 from utils.loader import Batch, make_loader
-from utils.run_dir import run_path
+from utils.run_dir import run_mode, run_path
 
 SCRIPT = "phase2"
 
@@ -41,11 +43,13 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, mask_script
     cfg = resolve_config(args, defaults)
     mask_path = cfg.clean_mask or os.path.join(run_path(cfg, mask_script), MASK_FILE)
     cfg = pin_subsample(cfg, mask_metadata_path(mask_path))  # Clothing1M: exactly phase 1's subsample
-    # A timm backbone or a baseline's mask (GMM, TURN, ...) gets its own run: phase2_resnet_from_gmm/...
+    # A timm backbone, PEFT adaptation (a PEFT YAML: the Figure 3 ablation) or a baseline's mask
+    # (GMM, TURN, ...) gets its own run: phase2_resnet_from_gmm/..., phase2_peft/...
     method = mask_method(mask_path)
     mask_suffix = "" if method in (None, "DeFT") else f"_from_{method.lower()}"
-    run_name = script + backbone_run_suffix(cfg.backbone) + mask_suffix
-    exp = Experiment(cfg, script, run_path(cfg, run_name), resume=args.resume, overwrite=args.overwrite)
+    adaptation = "FFT" if cfg.finetune or not is_clip_backbone(cfg.backbone) else "PEFT"
+    run_name = script + backbone_run_suffix(cfg.backbone) + ("_peft" if adaptation == "PEFT" else "") + mask_suffix
+    exp = Experiment(cfg, script, run_path(cfg, run_name), run_mode(args))
 
     # 1. Data, and the clean mask checked against it (same dataset, size, noise and labels).
     data = build_datasets(cfg, normalization=backbone_normalization(cfg))
@@ -90,7 +94,8 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, mask_script
         exp.end_epoch(epoch, record)
 
     results = accuracy_summary(exp.history)
-    summary = {"script": script, "dataset": cfg.dataset, "backbone": cfg.backbone, "noise": data.noise_info,
+    summary = {"script": script, "dataset": cfg.dataset, "backbone": cfg.backbone, "adaptation": adaptation,
+               "noise": data.noise_info,
                "clean_mask": mask_path, "mask_method": mask_meta.get("method", "DeFT"),
                "num_train_samples": int(clean_mask.sum()),
                "mask_precision": mask_meta.get("mask_precision"), "mask_recall": mask_meta.get("mask_recall"),

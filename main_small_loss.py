@@ -27,7 +27,7 @@ from utils.engine import (LossTerm, StepOutput, accuracy_summary, evaluate, make
 from utils.errors import run_cli
 from utils.experiment import Experiment
 from utils.loader import Batch, make_loader
-from utils.run_dir import run_path
+from utils.run_dir import run_mode, run_path
 from utils.selection import (forget_rate_schedule, mask_scores, oracle_forget_rate, selection_record,
                              small_loss_selection)
 
@@ -41,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
     args = build_arg_parser(description or __doc__, flags=("noise_mode", "noise_ratio")).parse_args(argv)
     cfg = resolve_config(args, defaults)
     run_name = script + backbone_run_suffix(cfg.backbone)
-    exp = Experiment(cfg, script, run_path(cfg, run_name), resume=args.resume, overwrite=args.overwrite)
+    exp = Experiment(cfg, script, run_path(cfg, run_name), run_mode(args))
 
     # 1. Data.
     data = build_datasets(cfg, normalization=backbone_normalization(cfg))

@@ -317,8 +317,12 @@ def build_arg_parser(description: str, flags: Sequence[str]) -> argparse.Argumen
     parser.add_argument("--gpuid", type=int, default=None, help="CUDA device index (device: cuda:<gpuid>)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                         help="any other config key, e.g. --opts epochs=2 data_path=/data/cifar-100")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished run")
+    runs = parser.add_mutually_exclusive_group()
+    runs.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    runs.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted run")
+    runs.add_argument("--continue", dest="continue_run", action="store_true",
+                      help="do what the run needs: nothing if finished, resume if interrupted, else start "
+                           "(for sweeps and preemptible cluster jobs)")
     return parser
 
 

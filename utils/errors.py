@@ -17,9 +17,12 @@ def run_cli(main: Callable[[], object]) -> None:
     folder left by a failed run says why it failed.
     """
     from utils import distributed
+    from utils.run_dir import RunFinished
 
     try:
         main()
+    except RunFinished as done:  # --continue on a finished run
+        print(done)
     except (UserError, FileNotFoundError, FloatingPointError) as err:
         _log_to_file(f"error: {err}")
         print(f"error: {err}", file=sys.stderr)

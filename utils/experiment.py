@@ -139,8 +139,8 @@ def _plain_extra(extra: dict) -> tuple[dict, dict]:
 class Experiment:
     """One run: its directory, logger, device, precision, and the checkpointed epoch loop."""
 
-    def __init__(self, cfg: Config, script: str, run_dir: str, resume: bool = False,
-                 overwrite: bool = False) -> None:
+    def __init__(self, cfg: Config, script: str, run_dir: str, mode: str = "new") -> None:
+        """`mode`: "new", "resume", "overwrite" or "continue" (run_dir.run_mode of the command line)."""
         self.cfg = cfg
         self.script = script
         self.run_dir = os.path.normpath(run_dir)
@@ -149,9 +149,9 @@ class Experiment:
         self.dist = distributed.init_distributed(self.device.type)
         self.is_main = self.dist.rank == 0
         self.log = make_logger(self.is_main)
-        self.overwrite = overwrite
-        self.state = check_run_dir(self.run_dir, resume=resume, overwrite=overwrite)  # reads only
-        self.resuming = resume and self.state == RunState.INTERRUPTED
+        self.overwrite = mode == "overwrite"
+        self.state = check_run_dir(self.run_dir, mode)  # reads only
+        self.resuming = mode in ("resume", "continue") and self.state == RunState.INTERRUPTED
         self.config_changes: dict = {}
         if self.resuming:
             saved_config = read_yaml_file(os.path.join(self.run_dir, CONFIG)) or {}

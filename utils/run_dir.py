@@ -18,6 +18,21 @@ class RunExistsError(UserError, RuntimeError):
     """The run directory already holds a finished or interrupted run."""
 
 
+class RunFinished(Exception):
+    """--continue on a finished run: there is nothing to do (the command line exits with 0)."""
+
+
+# How a script treats an existing run directory (the --resume / --overwrite / --continue flags).
+MODES = ("new", "resume", "overwrite", "continue")
+
+
+def run_mode(args) -> str:
+    """The mode the command-line flags ask for."""
+    if getattr(args, "continue_run", False):
+        return "continue"
+    return "resume" if args.resume else "overwrite" if args.overwrite else "new"
+
+
 def noise_tag(cfg: Config) -> str:
     """`sym0.2`-style part of a run path (the official mask file name, with our seed suffix)."""
     return f"{cfg.noise_mode or 'none'}{float(cfg.noise_ratio)}"
@@ -60,28 +75,31 @@ def run_state(path: str) -> str:
     return RunState.STUB
 
 
-def check_run_dir(path: str, resume: bool, overwrite: bool) -> str:
-    """Apply the rules that protect results; return the RunState. Writes nothing.
+def check_run_dir(path: str, mode: str = "new") -> str:
+    """Apply the rules that protect results for a run started in `mode`; return the RunState. Writes nothing.
 
     A finished run is replaced only with --overwrite, an interrupted one continues only with
     --resume (or is replaced with --overwrite); a stub (a run that failed before its first
     checkpoint: config.yaml and log.txt with the error) is not a run and is simply reused.
+    --continue resumes an interrupted run, starts a new one, and stops (RunFinished) at a finished one.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     state = run_state(path)
-    if resume and overwrite:
-        raise RunExistsError("--resume and --overwrite exclude each other: continue the run, or replace it")
-    if overwrite:
+    if mode == "overwrite":
         return state
     if state == RunState.FINISHED:
+        if mode == "continue":
+            raise RunFinished(f"nothing to do: {path} holds a finished run ({SUMMARY})")
         raise RunExistsError(
             f"a finished run already exists in {path} (see {SUMMARY}); pass --overwrite to replace "
             "it or choose another place with --opts output_dir=...")
-    if resume and state != RunState.INTERRUPTED:
+    if mode == "resume" and state != RunState.INTERRUPTED:
         why = ("it does not exist" if state == RunState.NEW else
                f"the run stopped before its first epoch ended (see {os.path.join(path, LOG)}); "
                "run the same command without --resume to start it again")
         raise RunExistsError(f"--resume given but {path} holds no {CHECKPOINT} to continue from: {why}")
-    if state == RunState.INTERRUPTED and not resume:
+    if state == RunState.INTERRUPTED and mode == "new":
         raise RunExistsError(
             f"an interrupted run exists in {path}; pass --resume to continue it or --overwrite "
             "to start again")
