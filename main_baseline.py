@@ -307,7 +307,7 @@ def save_mask(cfg: Config, exp: Experiment, data, script: str, mask: np.ndarray,
     """Save the selection and its per-sample clean scores in phase 1's format; return the summary fields."""
     scores = mask_scores(mask, is_clean, clean_scores)
     metadata = mask_metadata(cfg, data, len(data.train), f"{script}_{method.lower()}", rule, source, method)
-    path = save_clean_mask(exp.artifact_dir(), mask, {**metadata, **scores}, clean_scores=clean_scores)
+    path = save_clean_mask(exp.artifact_dir(), mask, {**metadata, **scores}, clean_scores=clean_scores, is_clean=is_clean)
     return {"clean_mask": path, "num_selected": int(np.sum(mask)), **scores}
 
 

@@ -87,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
         clean_mask, p_clean = scoring_pass(model, data.eval, cfg, exp.device)
     scores = mask_scores(clean_mask, is_clean, p_clean)
     mask_path = save_clean_mask(exp.artifact_dir(), clean_mask, {**mask_metadata(cfg, data, num_samples, script), **scores},
-                                clean_scores=p_clean)
+                                clean_scores=p_clean, is_clean=is_clean)
 
     summary = {"script": script, "dataset": cfg.dataset, "noise": data.noise_info,
                "num_samples": num_samples, "num_selected": int(clean_mask.sum()),

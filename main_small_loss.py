@@ -93,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
     rule = f"per batch: the int((1 - tau_e) * B) smallest CE losses, tau_E = {rate}" + (" (oracle)" if oracle else "")
     metadata = mask_metadata(cfg, data, num_samples, script, rule, mask_source="online", method=METHOD)
     mask_path = save_clean_mask(exp.artifact_dir(), clean_mask, {**metadata, **scores},
-                                clean_scores=-exp.extra["losses"])
+                                clean_scores=-exp.extra["losses"], is_clean=is_clean)
     summary = {"script": script, "method": METHOD, "dataset": cfg.dataset, "backbone": cfg.backbone,
                "noise": data.noise_info, "forget_rate": rate, "oracle_forget_rate": oracle,
                "num_samples": num_samples, "num_selected": int(clean_mask.sum()), "clean_mask": mask_path,

@@ -18,6 +18,7 @@ from utils.io import atomic_save_numpy, atomic_write_json
 MASK_FILE = "clean_mask.npy"
 META_FILE = "clean_mask.json"
 SCORES_FILE = "clean_scores.npy"  # the detector's per-sample clean score (DeFT: p_clean), where it has one
+TRUTH_FILE = "truly_clean.npy"  # given label == true label, where true labels are known (for analysis only)
 
 # Metadata fields that must agree between the mask and the dataset phase 2 builds.
 IDENTITY_FIELDS = ("dataset", "num_samples", "noise_mode", "noise_ratio", "given_labels_sha256")
@@ -27,12 +28,13 @@ class CleanMaskError(UserError, ValueError):
     """A clean mask is missing or does not belong to the dataset it is used with."""
 
 
-def save_clean_mask(run_dir: str, mask: np.ndarray, metadata: dict,
-                    clean_scores: Optional[np.ndarray] = None) -> str:
+def save_clean_mask(run_dir: str, mask: np.ndarray, metadata: dict, clean_scores: Optional[np.ndarray] = None,
+                    is_clean: Optional[np.ndarray] = None) -> str:
     """Write mask, scores and metadata atomically (metadata last: a present .json means a complete set).
 
-    `clean_scores` (N,) is the detector's per-sample score behind the mask (higher = cleaner). Only
-    rank 0 writes; every rank gets the path.
+    `clean_scores` (N,) is the detector's per-sample score behind the mask (higher = cleaner);
+    `is_clean` (N,) which given labels are truly clean, saved for figures and analysis (never read
+    by training). Only rank 0 writes; every rank gets the path.
     """
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 1 or mask.shape[0] != metadata["num_samples"]:
@@ -43,10 +45,14 @@ def save_clean_mask(run_dir: str, mask: np.ndarray, metadata: dict,
         if clean_scores.shape != mask.shape:
             raise CleanMaskError(f"clean scores of shape {clean_scores.shape} do not match the mask {mask.shape}")
         meta["scores_file"] = SCORES_FILE
+    if is_clean is not None:
+        meta["truth_file"] = TRUTH_FILE
     if distributed.is_main():
         atomic_save_numpy(os.path.join(run_dir, MASK_FILE), mask)
         if clean_scores is not None:
             atomic_save_numpy(os.path.join(run_dir, SCORES_FILE), clean_scores)
+        if is_clean is not None:
+            atomic_save_numpy(os.path.join(run_dir, TRUTH_FILE), np.asarray(is_clean, dtype=bool))
         atomic_write_json(os.path.join(run_dir, META_FILE), meta)
     return os.path.join(run_dir, MASK_FILE)
 
