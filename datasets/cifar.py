@@ -90,10 +90,24 @@ def _read_batch(path: Path, label_key: bytes, num_labels: int) -> tuple[np.ndarr
     return images, labels
 
 
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, numbers and NumPy arrays only: a planted object is refused,
+    never constructed (plain pickle.load would run whatever a file asks for)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}  # bytes in protocol-2 pickles
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR file holds arrays and lists only")
+
+
 def _load_pickle(path: Path) -> dict[bytes, Any]:
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = _ArraysOnlyUnpickler(f, encoding="bytes").load()
     except Exception as exc:  # truncated files raise EOFError, UnpicklingError, ValueError...
         raise ValueError(f"{path} is not a readable CIFAR pickle file "
                          f"({type(exc).__name__}: {exc}); delete it and download again") from exc

@@ -9,6 +9,7 @@ checkpoint path (an OpenAI TorchScript `.pt`, an open_clip state dict or `.safet
 from __future__ import annotations
 
 import os
+import pickle
 import zipfile
 from typing import Optional
 
@@ -56,6 +57,25 @@ def _is_torchscript_archive(path: str) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
 
 
+def _load_weight_file(name: str, path: str, precision: str, device: torch.device | str) -> torch.nn.Module:
+    """Build `name` from a local weight file, or raise PretrainedWeightsError naming the file."""
+    expected = (f"an OpenAI TorchScript .pt, or an open_clip state dict (.pt, .pth, .bin) or .safetensors of {name}, "
+                "holding tensors only")
+    if os.path.getsize(path) == 0:
+        raise PretrainedWeightsError(f"the CLIP weight file {path} is empty (0 bytes); expected {expected}")
+    try:
+        if _is_torchscript_archive(path):
+            # OpenAI's original .pt files are TorchScript archives; open_clip rebuilds them.
+            return open_clip.load_openai_model(path, precision=precision, device=device)
+        return open_clip.create_model(name, pretrained=path, precision=precision, device=device)
+    except Exception as err:  # truncated, garbage, pickled objects (refused by weights_only), wrong shapes
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "no details"
+        if isinstance(err, pickle.UnpicklingError):  # torch's own hint (weights_only=False) would run the file's code
+            detail = "not a tensor-only file: it is damaged, or holds pickled objects, which are never loaded"
+        raise PretrainedWeightsError(f"could not load the CLIP weight file {path} ({type(err).__name__}: "
+                                     f"{detail[:300]}); expected {expected}") from None
+
+
 def load_clip(backbone: str, pretrained: Optional[str] = None, precision: str = "fp32",
               device: torch.device | str = "cpu") -> torch.nn.Module:
     """Build an open_clip CLIP model with the requested weights, in fp32 (or pure fp16) on `device`.
@@ -68,11 +88,7 @@ def load_clip(backbone: str, pretrained: Optional[str] = None, precision: str = 
     if pretrained is None:
         model = open_clip.create_model(name, pretrained=None, precision=oc_precision, device=device)
     elif os.path.isfile(pretrained):
-        if _is_torchscript_archive(pretrained):
-            # OpenAI's original .pt files are TorchScript archives; open_clip rebuilds them.
-            model = open_clip.load_openai_model(pretrained, precision=oc_precision, device=device)
-        else:
-            model = open_clip.create_model(name, pretrained=pretrained, precision=oc_precision, device=device)
+        model = _load_weight_file(name, pretrained, oc_precision, device)
     elif os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
         raise PretrainedWeightsError(f"pretrained checkpoint file not found: {pretrained}")
     else:

@@ -34,11 +34,15 @@ def coloured_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(base + rng.normal(0, 30, (len(labels), 32, 32, 3)), 0, 255).astype(np.uint8)
 
 
-def build_smoke_world(root: Path, per_class_train: int = 12, per_class_test: int = 4, epochs: int = 2) -> dict:
-    """Write the dataset, the tiny checkpoint and PEFT/FFT YAMLs under `root`; return their paths."""
+def build_smoke_world(root: Path, per_class_train: int = 12, per_class_test: int = 4, epochs: int = 2,
+                      drop_train: int = 0) -> dict:
+    """Write the dataset, the tiny checkpoint and PEFT/FFT YAMLs under `root`; return their paths.
+
+    `drop_train` leaves out the last training images (e.g. an odd training-set size).
+    """
     root = Path(root)
     rng = np.random.default_rng(0)
-    train_labels = np.repeat(np.arange(10), per_class_train)
+    train_labels = np.repeat(np.arange(10), per_class_train)[:10 * per_class_train - drop_train]
     test_labels = np.repeat(np.arange(10), per_class_test)
     write_cifar_pickles(root / "cifar10", "cifar10", coloured_images(train_labels, rng), train_labels,
                         coloured_images(test_labels, rng), test_labels)

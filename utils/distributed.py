@@ -100,8 +100,10 @@ def interleave_ranks(tensor: torch.Tensor) -> torch.Tensor:
     This is how `EpochSampler` (like DistributedSampler) deals positions out to the ranks, so
     gathering and interleaving restores the single-process order of a batch or a dataset.
     """
-    gathered = all_gather_rows(tensor)  # (world, n, ...)
-    return gathered.transpose(0, 1).reshape(-1, *tensor.shape[1:])
+    as_bytes = tensor.dtype == torch.bool  # gather bools as uint8 (not every backend reduces bool)
+    gathered = all_gather_rows(tensor.to(torch.uint8) if as_bytes else tensor)  # (world, n, ...)
+    result = gathered.transpose(0, 1).reshape(-1, *tensor.shape[1:])
+    return result.bool() if as_bytes else result
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:
@@ -167,8 +169,15 @@ def sum_gradients(parameters: list[torch.nn.Parameter], bucket_bytes: int = 25 *
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:
-    """Give every rank rank 0's buffers (BatchNorm running statistics), as DDP does each forward."""
+    """Give every rank rank 0's BatchNorm running statistics, as DDP does before each forward.
+
+    Ranks normalise their own batches in training; evaluation (sharded over the ranks) and the
+    checkpoint then use one set of statistics.
+    """
     if world_size() == 1:
         return
-    for buffer in module.buffers():
-        dist.broadcast(buffer.data, src=0)
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._NormBase) and layer.track_running_stats:
+            for buffer in (layer.running_mean, layer.running_var, layer.num_batches_tracked):
+                if buffer is not None:
+                    dist.broadcast(buffer.data, src=0)

@@ -114,11 +114,12 @@ def read_checkpoint(path: str) -> dict:
                               "Start it again with --overwrite")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except pickle.UnpicklingError:
         raise CheckpointError(
-            f"{path} holds objects other than tensors, numbers, strings, lists and dicts, and was not loaded "
-            f"(weights_only=True: {str(err).splitlines()[0]}). Checkpoints of this code never do; if you did "
-            "not make this file, delete it, otherwise start again with --overwrite") from None
+            f"{path} holds objects other than tensors, numbers, strings, lists and dicts (or is damaged) and was "
+            "not loaded: checkpoints are read with torch.load(weights_only=True), and checkpoints of this code "
+            "hold nothing else. If you did not make this file, delete it; otherwise start the run again with "
+            "--overwrite") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); it may be "
                               "truncated or damaged. Start the run again with --overwrite") from None
@@ -244,9 +245,12 @@ class Experiment:
         self.log.info(shown)
 
     def finish(self, summary: dict) -> None:
-        """Write summary.json last: its presence marks the run as finished."""
+        """Write summary.json last: its presence marks the run as finished.
+
+        Adds `world_size` (under torchrun) and `config_changes` (resumes that changed settings) to
+        `summary` in place, so the caller returns what was written.
+        """
         self._promote()
-        summary = dict(summary)
         if self.dist.world_size > 1:
             summary["world_size"] = self.dist.world_size
         if self.resumes:
