@@ -24,11 +24,20 @@ def tuning_config(cfg: Config) -> TuningConfig:
         finetune=cfg.finetune, finetune_scope=cfg.finetune_scope)
 
 
-def build_deft_model(cfg: Config, class_names: Sequence[str], device: torch.device) -> DeFTModel:
-    """Phase-1 detector: pretrained CLIP, frozen, with the configured tuner and dual prompts."""
+def load_frozen_clip(cfg: Config, device: torch.device) -> torch.nn.Module:
+    """The configured CLIP with every parameter frozen; `grad_checkpointing` switches on open_clip's
+    activation checkpointing in both towers (our PEFT block forward honours the same switch)."""
     clip_model = load_clip(cfg.backbone, cfg.pretrained, cfg.precision, device)
+    if cfg.grad_checkpointing:
+        clip_model.set_grad_checkpointing(True)
     for param in clip_model.parameters():
         param.requires_grad_(False)
+    return clip_model
+
+
+def build_deft_model(cfg: Config, class_names: Sequence[str], device: torch.device) -> DeFTModel:
+    """Phase-1 detector: pretrained CLIP, frozen, with the configured tuner and dual prompts."""
+    clip_model = load_frozen_clip(cfg, device)
     model = DeFTModel(clip_model, class_names, tokenizer_for(cfg.backbone), tuning_config(cfg),
                       n_ctx=cfg.N_CTX, class_token_position=cfg.CLASS_TOKEN_POSITION)
     return model.to(device)
@@ -36,9 +45,7 @@ def build_deft_model(cfg: Config, class_names: Sequence[str], device: torch.devi
 
 def build_clip_classifier(cfg: Config, class_names: Sequence[str], device: torch.device) -> CLIPClassifier:
     """Phase-2 / baseline classifier: pretrained CLIP visual tower, tuner or FFT, new linear head."""
-    clip_model = load_clip(cfg.backbone, cfg.pretrained, cfg.precision, device)
-    for param in clip_model.parameters():
-        param.requires_grad_(False)
+    clip_model = load_frozen_clip(cfg, device)
     model = CLIPClassifier(clip_model, len(class_names), tuning_config(cfg), cfg.head_init, class_names,
                            tokenizer_for(cfg.backbone))
     return model.to(device)
@@ -52,8 +59,11 @@ def build_classifier(cfg: Config, class_names: Sequence[str], device: torch.devi
     if is_clip_backbone(cfg.backbone):
         cfg = dataclasses.replace(cfg, backbone=clip_backbone_name(cfg.backbone))
         return build_clip_classifier(cfg, class_names, device)
-    return build_timm_classifier(cfg.backbone, len(class_names), cfg.resolution, cfg.timm_pretrained,
-                                 cfg.weights_path, device)
+    model = build_timm_classifier(cfg.backbone, len(class_names), cfg.resolution, cfg.timm_pretrained,
+                                  cfg.weights_path, device)
+    if cfg.grad_checkpointing:
+        model.net.set_grad_checkpointing(True)  # timm's own switch
+    return model
 
 
 def count_parameters(params) -> int:
