@@ -89,7 +89,7 @@ def test_loss_baselines_train_and_report_best_and_last_accuracy(world, method):
     assert summary["best_test_acc"] == max(accs) and summary["last_test_acc"] == accs[-1]
     assert not (run / "clean_mask.npy").exists()
     if method == "ELR":  # the memory is checkpointed; after k visits each row sums to 1 - beta^k
-        targets = torch.load(run / "checkpoint.pt", weights_only=False)["extra"]["elr_targets"]
+        targets = torch.load(run / "checkpoint.pt", weights_only=True)["extra"]["elr_targets"]
         assert targets.shape == (10 * PER_CLASS, 10)
         assert torch.allclose(targets.sum(dim=1), torch.full((10 * PER_CLASS,), 1 - 0.3 ** 2), atol=1e-5)
 

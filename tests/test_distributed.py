@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
+import main_baseline
 import main_phase1
 import main_small_loss
 from tools.smoke_run import build_smoke_world
@@ -85,6 +87,23 @@ def test_small_loss_ranks_the_global_batch(world, tmp_path):
     assert_same_run(run_dir(single, "small_loss"), run_dir(tmp_path / "ddp", "small_loss"))
     # epoch 2 keeps int(0.6 * B) of each global batch of 32, 32 and 5 samples (not per rank)
     assert read_metrics(str(run_dir(tmp_path / "ddp", "small_loss")))[1]["num_selected"] == 19 + 19 + 3
+
+
+@pytest.mark.parametrize("method", ["GMM", "ELR"])
+def test_full_passes_and_per_sample_state_are_gathered_by_sample_index(world, tmp_path, method):
+    """GMM fits on per-sample losses of a sharded full pass; ELR's target memory is updated per rank."""
+    args = ["--cfg", world["fft"], *NOISE, "--lnl_methods", method]
+    main_baseline.main(args + ["--opts", f"output_dir={tmp_path / 'single'}"])
+    result = torchrun("main_baseline.py", args + ["--opts", f"output_dir={tmp_path / 'ddp'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [run_dir(tmp_path / kind, f"baseline_{method.lower()}") for kind in ("single", "ddp")]
+    if method == "GMM":
+        assert_same_run(*runs)
+    else:
+        one, two = (read_metrics(str(r)) for r in runs)
+        assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5)
+        memories = [torch.load(r / "checkpoint.pt", weights_only=True)["extra"]["elr_targets"] for r in runs]
+        assert memories[1].shape == (NUM_TRAIN, 10) and torch.allclose(memories[0], memories[1], atol=1e-6)
 
 
 FAILING_RANK = """

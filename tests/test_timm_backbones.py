@@ -167,7 +167,7 @@ def test_phase2_trains_on_each_official_backbone(world, small_models, alias):
     run = world["output"] / f"phase2_{alias}" / "cifar10" / "sym0.4_seed0"
     assert summary["backbone"] == alias and summary["num_train_samples"] == 10
     assert [r["epoch"] for r in read_metrics(str(run))] == [1]
-    group = torch.load(run / "checkpoint.pt", weights_only=False)["optimizer"]["param_groups"][0]
+    group = torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]
     official = OFFICIAL_TIMM_BACKBONES[alias]
     assert group["initial_lr"] == official.lr and group["weight_decay"] == official.weight_decay
     assert ("betas" in group) == (official.optimizer == "adamw")
@@ -203,7 +203,7 @@ def test_turn_probes_and_fine_tunes_a_timm_backbone(world, small_models, tmp_pat
                                   "--opts", "timm_pretrained=false", "turn_lp_epochs=2", "turn_fft_epochs=1",
                                   "turn_tau=0.0", f"output_dir={tmp_path}"])
     run = tmp_path / "baseline_turn_resnet" / "cifar10" / "sym0.4_seed0"
-    probe = torch.load(run / "checkpoint.pt", weights_only=False)["extra"]["linear_probe"]
+    probe = torch.load(run / "checkpoint.pt", weights_only=True)["extra"]["linear_probe"]
     assert probe["optimizer"] == {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-5, "momentum": 0.9}  # TURN Table 8
     assert len(probe["losses"]) == 2 and summary["lp_test_acc"] == probe["test_acc"]
     assert summary["backbone"] == "resnet" and (run / "clean_mask.npy").is_file()
