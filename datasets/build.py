@@ -146,6 +146,9 @@ def _read_fashion_mnist(cfg: Any) -> RawData:
     if cfg.max_train_samples is not None:  # a seeded, class-agnostic subset of the downstream part
         keep = np.random.default_rng(cfg.seed).permutation(len(downstream))[: cfg.max_train_samples]
         downstream = np.sort(downstream[keep])
+    if cfg.max_test_samples is not None:  # the same test images for every seed: a fixed draw
+        kept = np.sort(np.random.default_rng(0).permutation(len(test_labels))[: cfg.max_test_samples])
+        test_images, test_labels = test_images[kept], test_labels[kept]
     return RawData(train_images[downstream], train_labels[downstream], test_images, test_labels, 10,
                    normalization="fashion_mnist", transforms=fashion_mnist_transforms,
                    sample_ids=downstream.tolist())

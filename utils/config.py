@@ -54,7 +54,8 @@ class Config:
     normalize: str = field(default="dataset", metadata=_choice("dataset", "clip", "backbone"))
     num_workers: int = field(default=8, metadata=_range(0))
     pretrain_split: int = field(default=30000, metadata=_range(0))  # fashion_mnist: images kept for CLIP pre-training
-    max_train_samples: Optional[int] = None  # fashion_mnist: cap on the downstream training set
+    max_train_samples: Optional[int] = field(default=None, metadata=_range(1))  # fashion_mnist: cap on the downstream training set (seeded by `seed`)
+    max_test_samples: Optional[int] = field(default=None, metadata=_range(1))  # fashion_mnist: a fixed subset of the test set (the same for every seed)
     cifar_n_label_file: Optional[str] = None  # noise_mode real on CIFAR: None = <data_path>/CIFAR-1x_human.pt
     cifar_n_label_key: Optional[str] = None  # None: official (noisy_label for CIFAR-100N, worse_label for CIFAR-10N)
     clothing1m_num_samples: Optional[int] = field(default=None, metadata=_range(1))  # None: 1000 x batch_size
