@@ -81,9 +81,10 @@ def mask_method(mask_path: str) -> Optional[str]:
     """The `method` recorded beside a mask ('DeFT', 'GMM', 'SmallLoss', ...); None if unreadable."""
     try:
         with open(mask_metadata_path(mask_path), encoding="utf-8") as handle:
-            return json.load(handle).get("method", "DeFT")
+            meta = json.load(handle)
     except (OSError, ValueError):
-        return None
+        return None  # load_clean_mask says what is wrong with the file
+    return meta.get("method", "DeFT") if isinstance(meta, dict) else None
 
 
 def load_clean_mask(mask_path: str, expected: dict) -> tuple[np.ndarray, dict]:

@@ -143,7 +143,7 @@ def train_one_epoch(step: StepFn, loader: DataLoader, optimizer: torch.optim.Opt
             decided = _decide_weights(_concat_terms([o.terms for o in weights_pass]), batch.valid)
 
         optimizer.zero_grad(set_to_none=True)
-        term_means = torch.zeros(0)
+        term_means: Optional[torch.Tensor] = None  # this rank's share of each term's batch mean
         outputs = []
         for a, b in chunks:
             with autocast(precision, device):
@@ -154,7 +154,7 @@ def train_one_epoch(step: StepFn, loader: DataLoader, optimizer: torch.optim.Opt
                 (decided.weights[name][a:b] * term.values.float()).sum() / decided.denominators[name]
                 for name, term in out.terms.items()])
             scaler.scale(contributions.sum()).backward()
-            term_means = contributions.detach() if not len(term_means) else term_means + contributions.detach()
+            term_means = contributions.detach() if term_means is None else term_means + contributions.detach()
             outputs.append(out)
         # The global batch's loss (each rank holds its share): stop every rank together on NaN/inf.
         term_means = distributed.all_reduce_sum(term_means.to(distributed.collective_device())).cpu()
