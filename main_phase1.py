@@ -56,8 +56,8 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
 
     # 3. Epochs: train with online selection, test the positive-prompt classifier, score the selection.
     for epoch in exp.epochs(model, optimizer, scheduler, scaler, train_loader):
-        def step(batch: Batch, weights_only: bool) -> StepOutput:
-            pos_logits, neg_logits = model(batch.images)
+        def step(batch: Batch, weights_only: bool, text_features: tuple) -> StepOutput:
+            pos_logits, neg_logits = model(batch.images, text_features)
             out = deft_phase1_loss(pos_logits, neg_logits, batch.given_labels, batch.complementary_labels,
                                    in_warmup=epoch <= cfg.warmup,
                                    prompt_labels_are_given=epoch <= prompt_labels_given_until,
@@ -69,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
 
         model.train()
         result = train_one_epoch(step, train_loader, optimizer, scaler, cfg.precision, exp.device, epoch,
-                                 cfg.progress, cfg.micro_batch_size)
+                                 cfg.progress, cfg.micro_batch_size, shared=model.text_features)
         selection, outputs = result.per_sample["selected"], result.per_sample
         record = {**result.record, "train_acc_given": 100.0 * float(outputs["correct"].mean()),
                   "selected_frac": float(selection.mean())}

@@ -93,12 +93,15 @@ def measure(args: argparse.Namespace, which: str) -> dict:
         optimizer = torch.optim.SGD([{"params": tuner}, {"params": prompts}], lr=1e-3, momentum=0.9)
         encode_text = official_text_features if which.endswith("official") else type(model).text_features
 
-        def step(batch: Batch, weights_only: bool) -> StepOutput:
+        def text_features() -> tuple[torch.Tensor, torch.Tensor]:  # once per step, as in main_phase1.py
             _sync(device)
             start = time.perf_counter()
             text = encode_text(model)
             _sync(device)
             text_seconds.append(time.perf_counter() - start)
+            return text
+
+        def step(batch: Batch, weights_only: bool, text: tuple) -> StepOutput:
             pos, neg = model(batch.images, text)
             out = deft_phase1_loss(pos, neg, batch.given_labels, batch.complementary_labels, False, False)
             return StepOutput({"cls": LossTerm(out.cls_values, out.cls_weights), "dp": LossTerm(out.dp_values)})
@@ -119,7 +122,8 @@ def measure(args: argparse.Namespace, which: str) -> dict:
         text_seconds.clear()
         _sync(device)
         start = time.perf_counter()
-        train_one_epoch(step, loader, optimizer, scaler, args.precision, device, 1, False, args.micro_batch_size)
+        train_one_epoch(step, loader, optimizer, scaler, args.precision, device, 1, False, args.micro_batch_size,
+                        shared=text_features if which.startswith("phase1") else None)
         _sync(device)
         step_seconds.append(time.perf_counter() - start)
         text_per_step.append(sum(text_seconds))

@@ -120,11 +120,11 @@ def test_resume_after_an_interrupted_epoch_gives_the_same_result(world, tmp_path
     def interrupted(step, loader, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:  # die in the middle of epoch 2, after its first batch
-            def dying_step(batch, weights_only, seen=[]):
+            def dying_step(batch, *args, seen=[]):
                 seen.append(1)
                 if len(seen) == 2:
                     raise KeyboardInterrupt
-                return step(batch, weights_only)
+                return step(batch, *args)
             return real(dying_step, loader, *args, **kwargs)
         return real(step, loader, *args, **kwargs)
 

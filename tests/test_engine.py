@@ -27,8 +27,8 @@ def one_batch_loader(num_samples: int, num_classes: int, batch_size: int, seed: 
 
 
 def phase1_step(model):
-    def step(batch, weights_only):
-        pos, neg = model(batch.images)
+    def step(batch, weights_only, text_features=None):
+        pos, neg = model(batch.images, text_features)
         out = deft_phase1_loss(pos, neg, batch.given_labels, batch.complementary_labels, in_warmup=False,
                                prompt_labels_are_given=False)
         return StepOutput({"cls": LossTerm(out.cls_values, out.cls_weights), "dp": LossTerm(out.dp_values)},
@@ -36,12 +36,13 @@ def phase1_step(model):
     return step
 
 
-def one_update(model, step, loader, micro_batch_size):
+def one_update(model, step, loader, micro_batch_size, share_text=False):
     model = copy.deepcopy(model)
     tuner, prompts = model.trainable_groups()
     optimizer = torch.optim.SGD([{"params": tuner}, {"params": prompts}], lr=0.5)
     result = train_one_epoch(step(model), loader, optimizer, make_grad_scaler("fp32", CPU), "fp32", CPU, 1,
-                             progress=False, micro_batch_size=micro_batch_size)
+                             progress=False, micro_batch_size=micro_batch_size,
+                             shared=model.text_features if share_text else None)
     return model, result
 
 
@@ -50,17 +51,19 @@ def test_micro_batches_give_the_full_batch_update_with_a_partial_selection(tiny_
     model = DeFTModel(tiny_clip, NAMES, tiny_tokenizer, TuningConfig(vpt_deep=True, vpt_len=2), n_ctx=4)
     loader = one_batch_loader(10, len(NAMES), batch_size=10)
     full, full_result = one_update(model, phase1_step, loader, None)
-    micro, micro_result = one_update(model, phase1_step, loader, 3)  # chunks of 3, 3, 3 and 1
     selected = full_result.per_sample["selected"]
     assert 0 < selected.sum() < len(selected)  # a partial selection: L_sim averages over a subset
-    assert np.array_equal(selected, micro_result.per_sample["selected"])
-    assert micro_result.record["loss"] == pytest.approx(full_result.record["loss"], rel=1e-5)
-    moved = 0.0
-    for (name, p_full), p_micro, p_start in zip(full.named_parameters(), micro.parameters(), model.parameters()):
-        if p_full.requires_grad:
-            assert torch.allclose(p_full, p_micro, atol=1e-6), name
-            moved += float((p_full - p_start).abs().sum())
-    assert moved > 0  # the update is not trivially zero
+    # chunks of 3, 3, 3 and 1; the text features per chunk, or shared (computed and back-propagated once)
+    for share_text in (False, True):
+        micro, micro_result = one_update(model, phase1_step, loader, 3, share_text)
+        assert np.array_equal(selected, micro_result.per_sample["selected"])
+        assert micro_result.record["loss"] == pytest.approx(full_result.record["loss"], rel=1e-5)
+        moved = 0.0
+        for (name, p_full), p_micro, p_start in zip(full.named_parameters(), micro.parameters(), model.parameters()):
+            if p_full.requires_grad:
+                assert torch.allclose(p_full, p_micro, atol=1e-5), (name, share_text)  # float summation order
+                moved += float((p_full - p_start).abs().sum())
+        assert moved > 0  # the update is not trivially zero
 
     # The hand route: L = mean CE over the selected samples + mean L_dp, one backward on the whole batch.
     hand = copy.deepcopy(model)

@@ -14,6 +14,8 @@ engine first calls the step with `weights_only=True` under no_grad to learn the 
 whose weights do not depend on the forward returns them without running the model), then runs the
 differentiable pass micro-batch by micro-batch. A term may instead give a `batch_rule` that decides
 the weights from the values of the whole global batch (small-loss: keep the smallest losses).
+A part of the forward that does not depend on the images (DeFT's text features) can be `shared`:
+it is computed and back-propagated once per global batch, not once per micro-batch.
 
 Per-sample outputs are kept by global sample index and summed over ranks at the end of the epoch;
 padding added by the sampler never counts, and every sample must be decided exactly once.
@@ -27,7 +29,7 @@ import random
 import resource
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -105,7 +107,7 @@ class StepOutput:
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (b, ...) tensor
 
 
-StepFn = Callable[[Batch, bool], StepOutput]
+StepFn = Callable[..., StepOutput]  # step(batch, weights_only) or, with `shared`, step(batch, weights_only, shared)
 
 
 @dataclass
@@ -125,8 +127,15 @@ class EpochResult:
 # ---------------------------------------------------------------- one epoch
 def train_one_epoch(step: StepFn, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, precision: str, device: torch.device, epoch: int,
-                    progress: bool = True, micro_batch_size: Optional[int] = None) -> EpochResult:
-    """One pass over `loader`: per global batch, the loss of `step`'s terms, backward, update."""
+                    progress: bool = True, micro_batch_size: Optional[int] = None,
+                    shared: Optional[Callable[[], Any]] = None) -> EpochResult:
+    """One pass over `loader`: per global batch, the loss of `step`'s terms, backward, update.
+
+    `shared` is a part of the forward that does not depend on the images (DeFT: the text features
+    of the 2C prompts). It runs once per global batch, whatever the number of micro-batches, and
+    `step` receives it as a third argument; its backward also runs once, with the gradient the
+    micro-batches accumulated on it.
+    """
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     recorder = PerSampleRecorder(dataset_size(loader))
     term_sums: dict[str, float] = defaultdict(float)  # sum over batches of (batch term mean x batch size)
@@ -139,15 +148,18 @@ def train_one_epoch(step: StepFn, loader: DataLoader, optimizer: torch.optim.Opt
         decided: Optional[_Weights] = None
         if len(chunks) > 1:  # learn every weight of the global batch before the first backward
             with torch.no_grad(), autocast(precision, device):
-                weights_pass = [step(batch.slice(a, b), True) for a, b in chunks]
+                extra = () if shared is None else (shared(),)
+                weights_pass = [step(batch.slice(a, b), True, *extra) for a, b in chunks]
             decided = _decide_weights(_concat_terms([o.terms for o in weights_pass]), batch.valid)
 
         optimizer.zero_grad(set_to_none=True)
+        shared_part = None if shared is None else _SharedForward(shared, precision, device)
         term_means: Optional[torch.Tensor] = None  # this rank's share of each term's batch mean
         outputs = []
         for a, b in chunks:
             with autocast(precision, device):
-                out = step(batch.slice(a, b), False)
+                extra = () if shared_part is None else (shared_part.leaves,)
+                out = step(batch.slice(a, b), False, *extra)
             if decided is None:  # one chunk: decide now, between forward and backward
                 decided = _decide_weights(out.terms, batch.valid)
             contributions = torch.stack([
@@ -156,6 +168,8 @@ def train_one_epoch(step: StepFn, loader: DataLoader, optimizer: torch.optim.Opt
             scaler.scale(contributions.sum()).backward()
             term_means = contributions.detach() if term_means is None else term_means + contributions.detach()
             outputs.append(out)
+        if shared_part is not None:
+            shared_part.backward()
         # The global batch's loss (each rank holds its share): stop every rank together on NaN/inf.
         term_means = distributed.all_reduce_sum(term_means.to(distributed.collective_device())).cpu()
         check_finite(term_means.sum(), f"epoch {epoch}, batch {batch_idx}")
@@ -178,6 +192,26 @@ def train_one_epoch(step: StepFn, loader: DataLoader, optimizer: torch.optim.Opt
         record.update({f"loss_{name}": total / max(num_seen, 1) for name, total in term_sums.items()})
     per_sample, seen = recorder.gather(expected=len(loader.dataset))
     return EpochResult(record, per_sample, seen)
+
+
+class _SharedForward:
+    """A forward part shared by the micro-batches: computed once with its graph; the micro-batches
+    see detached leaves, and `backward` pushes the gradient they accumulated through it once."""
+
+    def __init__(self, fn: Callable[[], Any], precision: str, device: torch.device) -> None:
+        with autocast(precision, device):
+            value = fn()
+        self.single = torch.is_tensor(value)
+        self.outputs = (value,) if self.single else tuple(value)
+        leaves = tuple(t.detach().requires_grad_(t.requires_grad) for t in self.outputs)
+        self.leaves = leaves[0] if self.single else leaves
+        self._leaves = leaves
+
+    def backward(self) -> None:
+        pairs = [(out, leaf.grad) for out, leaf in zip(self.outputs, self._leaves)
+                 if out.requires_grad and leaf.grad is not None]
+        if pairs:
+            torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
 
 
 def _chunks(size: int, micro_batch_size: Optional[int]) -> list[tuple[int, int]]:
