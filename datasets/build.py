@@ -22,8 +22,10 @@ from .cifar import CIFAR_NUM_CLASSES, read_cifar, read_cifar100_coarse_labels
 from .cifar_n import read_human_labels
 from .clothing1m import read_clothing1m
 from .cub import read_cub
+from .dtd import read_dtd
 from .errors import DatasetConfigError
 from .fashion_mnist import pretrain_downstream_split, read_fashion_mnist
+from .few_shot import few_shot_indices
 from .folder_layout import ImageSplit
 from .images import files_fingerprint, load_rgb, resized_pixels
 from .noise import NOISE_MODES, LazyImages, actual_noise_rate, labels_sha256, load_or_make_noisy_labels
@@ -119,6 +121,12 @@ def _read_stanford_cars(cfg: Any) -> RawData:
     return _folder_raw(cfg, train, test, len(classes), "clip", root, str_flip="cyclic")
 
 
+def _read_dtd(cfg: Any) -> RawData:
+    train, test, num_classes, root = read_dtd(cfg.data_path, list(cfg.class_names), int(getattr(cfg, "dtd_split", 1)),
+                                              bool(getattr(cfg, "dtd_trainval", True)))
+    return _folder_raw(cfg, train, test, num_classes, "clip", root, str_flip="cyclic")
+
+
 def _read_clothing1m(cfg: Any) -> RawData:
     num_samples = getattr(cfg, "clothing1m_num_samples", None) or 1000 * int(cfg.batch_size)  # official default
     seed = getattr(cfg, "subsample_seed", None)
@@ -161,6 +169,7 @@ READERS: dict[str, Callable[[Any], RawData]] = {
     "tiny_imagenet": _read_tiny_imagenet,
     "cub-200-2011": _read_cub,
     "stanford_cars": _read_stanford_cars,
+    "dtd": _read_dtd,
     "clothing1m": _read_clothing1m,
     "webvision": _read_webvision,
 }
@@ -187,6 +196,8 @@ def build_datasets(cfg: Any, normalization: Optional[tuple] = None) -> DataBundl
         given_labels, noise_info = _real_labels(raw)
     else:
         given_labels, noise_info = _noisy_labels(cfg, noise_mode, raw)
+    if getattr(cfg, "few_shot", None):  # PTNL protocol: k shots per given class of the noisy set
+        raw, given_labels, noise_info = _few_shot(cfg, raw, given_labels, noise_info)
     mean, std = normalization if normalization is not None else _normalization(cfg, raw.normalization)
     train_tf, test_tf = raw.transforms(int(cfg.resolution), mean, std)
     common = {"num_classes": raw.num_classes, "seed": int(cfg.seed), "load_image": raw.load_image}
@@ -227,6 +238,22 @@ def _real_labels(raw: RawData) -> tuple[np.ndarray, dict]:
     if not known:
         info["note"] = "no true labels for the training images: detection precision/recall cannot be computed"
     return given, info
+
+
+def _few_shot(cfg: Any, raw: RawData, given_labels: np.ndarray, noise_info: dict) -> tuple[RawData, np.ndarray, dict]:
+    """Keep `few_shot` samples per given class (datasets/few_shot.py); sample_ids name them in the full set."""
+    keep = few_shot_indices(given_labels, raw.train_labels, raw.num_classes, int(cfg.few_shot), float(cfg.noise_ratio),
+                            getattr(cfg, "few_shot_noise", "exact"), int(cfg.seed))
+    ids = keep.tolist() if raw.sample_ids is None else [raw.sample_ids[i] for i in keep]
+    true = None if raw.train_labels is None else raw.train_labels[keep]
+    items = raw.train_items[keep] if isinstance(raw.train_items, np.ndarray) else [raw.train_items[i] for i in keep]
+    raw = dataclasses.replace(raw, train_items=items, train_labels=true, sample_ids=ids,
+                              given_train_labels=None if raw.given_train_labels is None else given_labels[keep])
+    given = given_labels[keep]
+    info = {**noise_info, "few_shot": int(cfg.few_shot), "few_shot_noise": getattr(cfg, "few_shot_noise", "exact"),
+            "num_samples_before_few_shot": len(given_labels), "num_samples": len(given),
+            "actual_rate": actual_noise_rate(true, given) if true is not None else None}
+    return raw, given, info
 
 
 def resolve_noise_seed(cfg: Any, noise_mode: str) -> int:

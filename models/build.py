@@ -11,6 +11,7 @@ from models.classifier import CLIPClassifier
 from models.clip_loader import load_clip, tokenizer_for
 from models.deft import DeFTModel
 from models.peft import TuningConfig
+from models.prompt_matrix import RobustSimilarityModel
 from models.timm_backbones import build_timm_classifier, clip_backbone_name, is_clip_backbone
 from utils.config import Config
 
@@ -40,6 +41,14 @@ def build_deft_model(cfg: Config, class_names: Sequence[str], device: torch.devi
     clip_model = load_frozen_clip(cfg, device)
     model = DeFTModel(clip_model, class_names, tokenizer_for(cfg.backbone), tuning_config(cfg),
                       n_ctx=cfg.N_CTX, class_token_position=cfg.CLASS_TOKEN_POSITION)
+    return model.to(device)
+
+
+def build_robust_similarity_model(cfg: Config, class_names: Sequence[str], device: torch.device) -> RobustSimilarityModel:
+    """Robust Similarity: frozen CLIP (image and text towers) with a prompt matrix of rs_blocks blocks."""
+    clip_model = load_frozen_clip(cfg, device)
+    model = RobustSimilarityModel(clip_model, class_names, tokenizer_for(cfg.backbone), cfg.rs_blocks, n_ctx=cfg.N_CTX,
+                                  ctx_per_class=cfg.rs_ctx_per_class)
     return model.to(device)
 
 

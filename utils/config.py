@@ -132,6 +132,54 @@ class Config:
     turn_lp_lr: Optional[float] = field(default=None, metadata=_range(0.0))  # None: TURN Table 8
     turn_lp_weight_decay: Optional[float] = field(default=None, metadata=_range(0.0))  # None: TURN Table 8
     label_match_templates: str = "clip_ensemble"  # a prompt set of models/zero_shot.py TEMPLATE_SETS
+    # ---- few-shot training sets and DTD (the PTNL protocol; any script may use them) ----
+    few_shot: Optional[int] = field(default=None, metadata=_range(1))  # k shots per given class from the noisy training set
+    few_shot_noise: str = field(default="exact", metadata=_choice("exact", "random"))  # exact: round(k·noise_ratio) wrong labels per class (PTNL)
+    dtd_split: int = field(default=1, metadata=_range(1, 10))  # DTD: official split files labels/{train,val,test}<k>.txt
+    dtd_trainval: bool = True  # DTD: train on train<k> + val<k> (false: train<k> only)
+    # ---- Robust Similarity (seed 002: prompt matrix + feature similarity; main_robust_similarity.py) ----
+    rs_blocks: int = field(default=6, metadata=_range(1))  # m prompt blocks (contexts) per class
+    rs_ctx_per_class: bool = False  # each block has its own context per class (CoOp CSC); false: shared by the classes
+    rs_ensemble: str = field(default="mean_prob", metadata=_choice("mean_prob", "vote"))  # ỹ from the m blocks
+    rs_distance: str = field(default="cosine", metadata=_choice("cosine", "euclidean"))  # mutual distance of features
+    rs_feature_norm: str = field(default="class_minmax", metadata=_choice("class_minmax", "global_minmax"))  # g onto [0, 1]
+    rs_alpha_base: float = field(default=0.2, metadata=_range(0.0, 1.0))  # α = base · exp((epoch - 1) / tau)
+    rs_alpha_tau: float = field(default=35.0, metadata=_range(1e-6))
+    rs_alpha_max: float = field(default=1.0, metadata=_range(0.0, 1.0))  # α is capped here (long runs)
+    rs_filter: str = field(default="gmm", metadata=_choice("gmm", "threshold", "keep_ratio"))  # which G are kept
+    rs_threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))  # gmm: p_clean > it; threshold: G > it
+    rs_keep_ratio: Optional[float] = field(default=None, metadata=_range(0.0, 1.0))  # keep_ratio: per class; None: 1 - noise_ratio
+    rs_loss: str = field(default="gce", metadata=_choice("gce", "ce"))  # PTNL: GCE with q = gce_q
+    # ---- Co-Reg (seed 004: noisy partial labels from CLIP, two networks; main_coreg.py) ----
+    coreg_network: str = "preact_resnet18"  # the two students: preact_resnet18 (paper) or any phase-2 backbone name
+    coreg_width: int = field(default=64, metadata=_range(1))  # preact_resnet18: channels of the first stage
+    coreg_templates: str = "imagenet_small"  # annotation prompts: a set of models/zero_shot.py TEMPLATE_SETS
+    coreg_candidates: str = field(default="template_union",
+                                  metadata=_choice("template_union", "topk", "prob_threshold", "prob_ratio"))
+    coreg_topk: int = field(default=5, metadata=_range(1))  # topk / prob_ratio: at most k candidates
+    coreg_prob_threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))  # prob_threshold / prob_ratio
+    coreg_annotation_dir: Optional[str] = None  # cache of CLIP annotations; None: <output_dir>/coreg_annotation
+    coreg_annotation_resolution: Optional[int] = field(default=None, metadata=_range(8))  # CLIP input; None: resolution
+    coreg_annotation_normalize: Optional[str] = field(default=None, metadata=_choice("dataset", "clip"))  # None: normalize
+    coreg_tau_div: float = field(default=0.5, metadata=_range(0.0, 1.0))  # partial set: credibility > τ_div
+    coreg_sharpen_T: float = field(default=0.5, metadata=_range(1e-3, 10.0))  # sharpening temperature T
+    coreg_lambda_u: float = field(default=1.0, metadata=_range(0.0))  # weight of the unlabeled-set losses
+    coreg_rampup_epochs: int = field(default=16, metadata=_range(1))  # λ_u rises linearly after the warm-up
+    coreg_mixup_alpha: float = field(default=4.0, metadata=_range(1e-6))  # Beta(α, α) mixup of the strong views
+    coreg_proj_dim: int = field(default=128, metadata=_range(1))  # d': projected space of prototypes and contrast
+    coreg_proto_momentum: float = field(default=0.999, metadata=_range(0.0, 1.0))
+    coreg_proto_temperature: float = field(default=0.3, metadata=_range(1e-6))
+    coreg_proto_weight: float = field(default=0.1, metadata=_range(0.0))
+    coreg_contrast_weight: float = field(default=0.1, metadata=_range(0.0))
+    coreg_contrast_temperature: float = field(default=0.07, metadata=_range(1e-6))
+    coreg_queue_size: int = field(default=8192, metadata=_range(1))  # keys of the momentum encoder kept
+    coreg_key_momentum: float = field(default=0.999, metadata=_range(0.0, 1.0))  # momentum (key) encoder EMA
+    coreg_contrastive_start: int = field(default=10, metadata=_range(0))  # co-training epochs before L_proto + L_cont
+    coreg_loss_history: int = field(default=5, metadata=_range(1))  # epochs of losses averaged before the GMM
+    coreg_distribution_alignment: bool = True  # divide predictions by their mean (uniform prior) before dividing
+    coreg_randaugment_ops: int = field(default=1, metadata=_range(0))  # strong view: RandAugment(ops, magnitude)
+    coreg_randaugment_magnitude: int = field(default=5, metadata=_range(0, 30))
+    coreg_labeled_fraction: float = field(default=0.0, metadata=_range(0.0, 1.0))  # few-labelled variant (our construction)
     # ---- run ----
     seed: int = 0
     gpuid: Optional[int] = None
@@ -350,7 +398,7 @@ def save_config(cfg: Config, path: str, header: str = "") -> None:
 # ---------------------------------------------------------------- what a resumed run may change
 # Keys that cannot change a run's result: a resumed run may change them freely.
 RESUME_NEUTRAL_KEYS = ("num_workers", "progress", "output_dir", "gpuid", "download", "micro_batch_size",
-                       "grad_checkpointing")
+                       "grad_checkpointing", "coreg_annotation_dir")
 # Keys a resumed run may change on purpose (a lower lr after a non-finite loss, another device);
 # the change is logged and recorded in config_history.jsonl and summary.json.
 RESUME_ADJUSTABLE_KEYS = ("lr", "device")
