@@ -9,6 +9,7 @@ import main_baseline
 import main_phase2
 import main_real_baseline
 import main_small_loss
+from run_helpers import stop_at_call
 from datasets import build_datasets
 from models.clip_loader import load_clip, tokenizer_for
 from tools.smoke_run import build_smoke_world
@@ -170,15 +171,8 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(world, tmp_path, m
     opts = ["--opts", "epochs=3", "turn_lp_epochs=2", "turn_fft_epochs=3", "turn_tau=0.3"]
     args = ["--cfg", world["fft"], *NOISE, "--lnl_methods", method]
     main_baseline.main(args + opts + [f"output_dir={tmp_path / 'straight'}"])
-    real, calls = main_baseline.train_one_epoch, []
-
-    def dies(*a, **k):  # TURN: two linear-probing epochs, then dies in step-2 epoch 2
-        calls.append(1)
-        if len(calls) == interrupt_at:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(main_baseline, "train_one_epoch", dies)
+    # TURN: two linear-probing epochs, then dies in step-2 epoch 2
+    real = stop_at_call(monkeypatch, main_baseline, interrupt_at)
     with pytest.raises(KeyboardInterrupt):
         main_baseline.main(args + opts + [f"output_dir={tmp_path / 'resumed'}"])
     monkeypatch.setattr(main_baseline, "train_one_epoch", real)

@@ -14,6 +14,7 @@ import torch
 import torchvision.transforms as T
 
 import main_coreg
+from run_helpers import stop_at_call
 from datasets import build_datasets
 from datasets.views import MultiViewDataset, strong_transform
 from models.annotator import AnnotationCacheError
@@ -279,15 +280,7 @@ def test_resume_with_manual_labels_gives_the_same_result(world, tmp_path, monkey
     opts = {"coreg_labeled_fraction": 0.2}
     straight = _run(world, tmp_path / "straight", **opts)
     assert straight["num_manual_labels"] == 12  # 20 % of 60, their sets are their true labels
-    real, calls = main_coreg.train_one_epoch, []
-
-    def dies(*args, **kwargs):  # epochs 1 and 2 train each network once: die in epoch 3
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(main_coreg, "train_one_epoch", dies)
+    real = stop_at_call(monkeypatch, main_coreg, 5)  # epochs 1 and 2 train each network once: die in epoch 3
     with pytest.raises(KeyboardInterrupt):
         _run(world, tmp_path / "resumed", **opts)
     monkeypatch.setattr(main_coreg, "train_one_epoch", real)

@@ -24,6 +24,7 @@ from utils.collect_results import collect
 from utils.config import ConfigError, apply_overrides, load_yaml, Config
 from utils.errors import run_cli
 from utils.run_dir import RunExistsError, read_metrics
+from run_helpers import stop_at_call
 from tools.smoke_run import build_smoke_world
 
 NOISE = ["--noise_mode", "sym", "--noise_ratio", "0.4"]
@@ -55,20 +56,6 @@ def cli(main, capsys) -> tuple[int, str]:
     return stop.value.code, capsys.readouterr().err
 
 
-def stop_in_epoch(monkeypatch, module, epoch: int, error=KeyboardInterrupt):
-    """Make `module`'s training raise `error` on its `epoch`-th call of train_one_epoch."""
-    real, calls = module.train_one_epoch, []
-
-    def dying(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == epoch:
-            raise error("stopped by the test")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, "train_one_epoch", dying)
-    return real
-
-
 # ---------------------------------------------------------------- 1. --overwrite keeps the old run until it can replace it
 def test_a_failing_overwrite_keeps_the_finished_run_byte_for_byte(world, tmp_path, monkeypatch, capsys):
     phase1(world, tmp_path)
@@ -79,7 +66,7 @@ def test_a_failing_overwrite_keeps_the_finished_run_byte_for_byte(world, tmp_pat
     assert status == 2 and "/no/such/folder" in err and err.startswith("error:")
     assert files(run) == before  # a typo in data_path deletes nothing
 
-    real = stop_in_epoch(monkeypatch, main_phase1, 1, RuntimeError)  # dies during its first epoch
+    real = stop_at_call(monkeypatch, main_phase1, 1, RuntimeError)  # dies during its first epoch
     with pytest.raises(RuntimeError):
         phase1(world, tmp_path, "--overwrite")
     assert files(run) == before
@@ -104,7 +91,7 @@ class Planted:
 
 
 def interrupted_run(world, out, monkeypatch) -> Path:
-    real = stop_in_epoch(monkeypatch, main_phase1, 2)
+    real = stop_at_call(monkeypatch, main_phase1, 2)
     with pytest.raises(KeyboardInterrupt):
         phase1(world, out)
     monkeypatch.setattr(main_phase1, "train_one_epoch", real)
@@ -153,7 +140,7 @@ def test_phase2_on_a_batchnorm_backbone_resumes_to_the_uninterrupted_result(worl
                                  "--opts", "timm_pretrained=false", "epochs=3", f"output_dir={out}"])
 
     straight = phase2(tmp_path / "straight")
-    real = stop_in_epoch(monkeypatch, main_phase2, 2)
+    real = stop_at_call(monkeypatch, main_phase2, 2)
     with pytest.raises(KeyboardInterrupt):
         phase2(tmp_path / "resumed")
     monkeypatch.setattr(main_phase2, "train_one_epoch", real)
@@ -282,7 +269,7 @@ def test_failed_runs_leave_no_folder_or_a_stub_that_is_not_a_run(world, tmp_path
     status, _ = cli(lambda: phase1(world, tmp_path, opts=["data_path=/no/such/folder"]), capsys)
     assert status == 2 and not (tmp_path / "phase1").exists()  # failed before its first epoch: no trace
 
-    stop_in_epoch(monkeypatch, main_phase1, 1, RuntimeError)
+    stop_at_call(monkeypatch, main_phase1, 1, RuntimeError)
     with pytest.raises(RuntimeError):
         run_cli(lambda: phase1(world, tmp_path))
     run = run_dir(tmp_path)

@@ -8,13 +8,12 @@ control test disables the dual-prompt loss L_dp and checks that the same bar is 
 the first test cannot pass by accident. 4 context tokens instead of 16: the very small text tower
 learns them within the 5 short epochs.
 """
-import os
 from pathlib import Path
 
 import pytest
 
 import main_phase1
-from datasets.fashion_mnist import _find
+from run_helpers import require_fashion_mnist
 from tools.pretrain_tiny_clip import PretrainSettings, pretrain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,18 +25,10 @@ MIN_PRECISION_GAIN = 0.12  # precision must beat the noise-free fraction by this
 MIN_RECALL = 0.75
 
 
-def _require_data() -> None:
-    if _find(DATA, "train") is None or _find(DATA, "test") is None:
-        message = "Fashion-MNIST not found (apt-get install dataset-fashion-mnist)"
-        if os.environ.get("DEFT_REQUIRE_MINIATURE"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def micro_clip(tmp_path_factory):
     """A very small CLIP pre-trained on 10,000 images of the pre-training part."""
-    _require_data()
+    require_fashion_mnist(DATA)
     out = tmp_path_factory.mktemp("clip") / "micro_clip.pt"
     settings = PretrainSettings(model="deft-tiny-vit", data_path=DATA, num_images=10000, epochs=3,
                                 batch_size=256, lr=2e-3, resolution=32)

@@ -2,14 +2,13 @@
 Fashion-MNIST miniature: the CSVs it writes hold exactly what the run directories say."""
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from datasets.fashion_mnist import _find
+from run_helpers import require_fashion_mnist
 from tools import miniature_tables
 from utils.collect_results import CSV_FIELDS
 
@@ -17,16 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = "./data/fashion-mnist"
 
 
-def _require_data() -> None:
-    if _find(DATA, "train") is None or _find(DATA, "test") is None:
-        message = "Fashion-MNIST not found (apt-get install dataset-fashion-mnist)"
-        if os.environ.get("DEFT_REQUIRE_MINIATURE"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 def test_the_shipped_command_on_a_small_grid_writes_tables_that_match_the_runs(tmp_path, monkeypatch):
-    _require_data()
+    require_fashion_mnist(DATA)
     from models.clip_loader import load_clip
 
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import main_robust_similarity
+from run_helpers import stop_at_call
 from models.prompt_matrix import PromptMatrix, RobustSimilarityModel
 from tools.smoke_run import build_smoke_world
 from utils.config import ConfigError
@@ -176,15 +177,7 @@ def test_few_shot_run_with_the_gmm_filter(world, tmp_path):
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(world, tmp_path, monkeypatch):
     _run(world, tmp_path / "straight")
-    real, calls = main_robust_similarity.train_one_epoch, []
-
-    def dies(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(main_robust_similarity, "train_one_epoch", dies)
+    real = stop_at_call(monkeypatch, main_robust_similarity, 2)
     with pytest.raises(KeyboardInterrupt):
         _run(world, tmp_path / "resumed")
     monkeypatch.setattr(main_robust_similarity, "train_one_epoch", real)
