@@ -1,6 +1,7 @@
 """Grids and the sweep runner: grids -> the paper's commands, their order and jobs, running, skipping, failing."""
 import os
 import sys
+import threading
 
 import pytest
 import yaml
@@ -185,6 +186,42 @@ def test_running_skips_finished_resumes_interrupted_and_goes_on_past_a_failure(t
     assert sweep.main([str(tiny_grid / "grid.yaml")], execute=lambda c, t: (calls.append(c.text()), _finish(c.run_dir),
                                                                               (0, ""))[-1]) == 0
     assert [c.split()[1] for c in calls] == ["main_phase1.py", "main_phase2.py"]
+
+
+def test_parallel_jobs_run_at_once_keep_each_jobs_order_and_report_as_the_sequential_sweep(tiny_grid, capsys,
+                                                                                           monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the sweep sets it for its children; undone after
+    started, lock = [], threading.Lock()
+    both_running = threading.Barrier(2, timeout=20)  # times out unless two jobs really run at the same time
+
+    def execute(command, torchrun):
+        for key in command.requires:  # a phase 2 starts only once its phase 1 has finished
+            assert os.path.isfile(os.path.join(dict(keys)[key], "summary.json"))
+        with lock:
+            started.append(command.text())
+        if command.script == "main_phase1.py":
+            both_running.wait()  # the two phase 1s (one per noise setting: two jobs) overlap
+        if "0.4" in command.args and command.script == "main_baseline.py":
+            return 1, "error: boom"
+        _finish(command.run_dir)
+        return 0, ""
+
+    keys = [(c.key, c.run_dir) for c in ordered_commands(load_grid(str(tiny_grid / "grid.yaml")).cells)]
+    assert sweep.main([str(tiny_grid / "grid.yaml"), "--jobs", "2"], execute=execute) == 1
+    assert sorted(started) == sorted(c.text() for c in ordered_commands(load_grid(str(tiny_grid / "grid.yaml")).cells))
+    for noise in ("0.2", "0.4"):
+        mine = [c.split()[1] for c in started if f"--noise_ratio {noise}" in c]
+        assert mine.index("main_phase1.py") < mine.index("main_phase2.py")
+    text = capsys.readouterr().out
+    assert "6 commands, 2 jobs at a time" in text
+    assert "sweep: 6 commands: 5 ran, 0 already finished, 1 failed, 0 skipped" in text
+    assert "  c10/sym0.4/seed0/clip/CE: python main_baseline.py" in text
+    assert os.environ["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+
+
+def test_jobs_must_be_positive(tiny_grid, capsys):
+    assert sweep.main([str(tiny_grid / "grid.yaml"), "--jobs", "0"], execute=lambda c, t: (0, "")) == 2
+    assert "error: --jobs expects a number of parallel jobs >= 1, got 0" in capsys.readouterr().err
 
 
 def test_every_cell_holding_a_failed_command_is_listed(tiny_grid):

@@ -2,10 +2,12 @@
 
     make miniature-tables                                     # = python tools/miniature_tables.py
     python tools/miniature_tables.py --only 'fashion_mnist/sym0.4/*'         # a part of the grid
+    python tools/miniature_tables.py --jobs 1                                # one run at a time
 
 1. pre-train the demo's tiny CLIP (cached in output/demo/tiny_clip/; nothing to do when present);
-2. run grids/miniature.yaml with the sweep runner (utils/sweep.py): every command carries --continue,
-   so running this again continues an interrupted grid and redoes nothing that finished;
+2. run grids/miniature.yaml with the sweep runner (utils/sweep.py), two independent jobs at a time
+   (`--jobs`, each with cores/jobs threads); every command carries --continue, so running this again continues an interrupted grid and redoes nothing
+   that finished;
 3. collect the runs into results/miniature/: results.md (the tables, mean ± std over the seeds),
    results.csv (one row per run), results_cells.csv (one row per table cell), figures/ (noise-ratio
    sweeps per dataset and noise mode, each with its data as JSON) and run_info.json (the command, the
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=OUT, help=f"where the tables go (default {OUT})")
     parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
                         help="only these cells (as utils.sweep --only); the tables then hold only them")
+    parser.add_argument("--jobs", type=int, default=2, metavar="N",
+                        help="independent runs at once (default 2, this machine's cores)")
     parser.add_argument("--no_pretrain", action="store_true",
                         help="do not pre-train the tiny CLIP (the grid's YAMLs name other weights)")
     args = parser.parse_args(argv)
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         pretrain_cached(PretrainSettings(data_path=demo["data_path"]), ROOT / demo["pretrained"])
 
     print(f"== 2. the grid {args.grid}", flush=True)
-    status = sweep.main([args.grid, *(f"--only={pattern}" for pattern in args.only)])
+    status = sweep.main([args.grid, f"--jobs={args.jobs}", *(f"--only={pattern}" for pattern in args.only)])
     if status == 2:  # a bad grid: nothing ran
         return status
 
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     collect_results.main([runs, "--out", args.out, "--figures"])
     atomic_write_json(os.path.join(args.out, "run_info.json"), {
         "command": " ".join(["python tools/miniature_tables.py", *(argv if argv is not None else sys.argv[1:])]),
-        "grid": args.grid, "runs": runs, "sweep_exit_status": status,
+        "grid": args.grid, "runs": runs, "jobs": args.jobs, "sweep_exit_status": status,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": round(time.time() - started),
         "machine": {"system": platform.platform(), "cpu": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": _torch_version()},

@@ -2,6 +2,7 @@
 
     python -m utils.sweep grids/table2.yaml                  # run every command here, one after the other
     python -m utils.sweep grids/table2.yaml --torchrun 4     # each command on 4 GPUs (torchrun)
+    python -m utils.sweep grids/miniature.yaml --jobs 2      # 2 independent jobs at a time (CPU cores)
     python -m utils.sweep grids/table2.yaml --print          # one line per job, for an array job
     python -m utils.sweep grids/table2.yaml --print --torchrun 4
     python -m utils.sweep grids/table2.yaml --dry_run        # every command and the state of its run
@@ -12,6 +13,8 @@ starts; so running a sweep (or resubmitting an array job) again only does what i
 runs phase 1 before the phase 2 that reads its mask, skips a command whose run directory already
 holds summary.json without starting a process, goes on past a failed command (skipping only the
 commands that need its result) and ends with the failed and skipped cells and a non-zero exit.
+With `--jobs N` it runs N independent jobs at once (a job: the commands that share a run, in order),
+each child with cores/N threads unless OMP_NUM_THREADS is set.
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ import fnmatch
 import os
 import subprocess
 import sys
+import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -115,11 +120,19 @@ def run_process(argv: Sequence[str]) -> tuple[int, str]:
 
 
 def run_commands(commands: Sequence[Command], execute: Executor = subprocess_executor, torchrun: int = 0,
-                 log: Callable[[str], None] = print) -> list[Outcome]:
-    """Run `commands` in order: skip finished runs, skip a command whose prerequisite did not succeed."""
+                 log: Callable[[str], None] = print, numbers: Optional[dict] = None,
+                 stop: Optional[threading.Event] = None) -> list[Outcome]:
+    """Run `commands` in order: skip finished runs, skip a command whose prerequisite did not succeed.
+
+    `numbers` (command key -> its number in the whole sweep) labels the log lines of one job of many;
+    `stop`, once set, ends the loop before the next command (Ctrl-C in a parallel sweep).
+    """
+    numbers = numbers or {c.key: i for i, c in enumerate(commands, 1)}
     outcomes: dict[tuple[str, ...], Outcome] = {}
-    for number, command in enumerate(commands, 1):
-        head = f"[{number}/{len(commands)}]"
+    for command in commands:
+        if stop is not None and stop.is_set():
+            break
+        head = f"[{numbers[command.key]}/{len(numbers)}]"
         broken = [outcomes[k] for k in command.requires
                   if k in outcomes and outcomes[k].status in ("failed", "skipped")]
         if broken:
@@ -138,6 +151,27 @@ def run_commands(commands: Sequence[Command], execute: Executor = subprocess_exe
                 log(f"{head} FAILED (exit {returncode}): {message}")
         outcomes[command.key] = outcome
     return list(outcomes.values())
+
+
+def run_jobs(cells: Sequence[Cell], workers: int, execute: Executor = subprocess_executor, torchrun: int = 0,
+             log: Callable[[str], None] = print) -> list[Outcome]:
+    """Run the independent jobs of `cells` `workers` at a time (each job's commands in order); the
+    outcomes in grid order. Jobs share no command, so no run directory is ever used twice at once."""
+    commands = ordered_commands(cells)
+    numbers = {c.key: i for i, c in enumerate(commands, 1)}
+    if workers <= 1:
+        return run_commands(commands, execute, torchrun, log, numbers)
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=workers)
+    futures = [pool.submit(run_commands, job, execute, torchrun, log, numbers, stop) for job in jobs(cells)]
+    try:
+        by_key = {o.command.key: o for future in futures for o in future.result()}
+    except KeyboardInterrupt:
+        stop.set()  # the running children got the same Ctrl-C; start nothing new
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return [by_key[c.key] for c in commands]
 
 
 def report(cells: Sequence[Cell], outcomes: Sequence[Outcome]) -> tuple[str, bool]:
@@ -183,6 +217,8 @@ def main(argv: Optional[Sequence[str]] = None, execute: Executor = subprocess_ex
     what.add_argument("--dry_run", action="store_true", help="list the commands and what a run would do with each")
     parser.add_argument("--torchrun", type=int, default=0, metavar="N",
                         help="launch every command with torchrun --standalone --nproc_per_node N")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run N independent jobs at once on this machine (default 1: one after the other)")
     parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
                         help="only cells whose name dataset/noise/seed<k>/backbone/method matches "
                              "(shell wildcards; repeatable)")
@@ -190,6 +226,8 @@ def main(argv: Optional[Sequence[str]] = None, execute: Executor = subprocess_ex
     try:
         if args.torchrun < 0:
             raise GridError(f"--torchrun expects a number of processes >= 1, got {args.torchrun}")
+        if args.jobs < 1:
+            raise GridError(f"--jobs expects a number of parallel jobs >= 1, got {args.jobs}")
         grid = load_grid(args.grid)
         cells = select_cells(grid.cells, args.only)
         if not cells:
@@ -206,9 +244,12 @@ def main(argv: Optional[Sequence[str]] = None, execute: Executor = subprocess_ex
         print("\n".join(dry_run_lines(commands, args.torchrun)))
         print(f"{len(cells)} cells, {len(commands)} commands")
         return 0
-    print(f"sweep {args.grid}: {len(cells)} cells, {len(commands)} commands", flush=True)
+    print(f"sweep {args.grid}: {len(cells)} cells, {len(commands)} commands"
+          + (f", {args.jobs} jobs at a time" if args.jobs > 1 else ""), flush=True)
+    if args.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:  # the cores shared out, not oversubscribed
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
     try:
-        outcomes = run_commands(commands, execute, args.torchrun, log=lambda line: print(line, flush=True))
+        outcomes = run_jobs(cells, args.jobs, execute, args.torchrun, log=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print("interrupted: run the same sweep again to continue (finished runs are skipped, interrupted ones "
               "resume)", file=sys.stderr)
