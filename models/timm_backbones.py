@@ -11,6 +11,7 @@ lr, momentum and weight decay.
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from dataclasses import dataclass
 from typing import Optional
@@ -132,15 +133,25 @@ def build_timm_classifier(backbone: str, num_classes: int, resolution: int, pret
             f"Without internet, download them elsewhere{where} and set `weights_path: /path/to/file` "
             "(--opts weights_path=...), or `timm_pretrained: false` for random weights") from err
     if weights_path is not None:
+        if os.path.getsize(weights_path) == 0:
+            raise PretrainedWeightsError(f"the weight file {weights_path} is empty (0 bytes); expected the weights "
+                                         f"of timm model {name} (.pth, .safetensors, or a JAX .npz for ViTs)")
         try:
             load_weight_file(net, weights_path)
         except PretrainedWeightsError:
             raise
-        except Exception as err:  # unreadable file, wrong shapes
+        except Exception as err:  # unreadable file, pickled objects (refused by weights_only), wrong shapes
             raise PretrainedWeightsError(
-                f"could not load {weights_path} into timm model {name} ({type(err).__name__}: {err}); "
-                "the file must hold this model's weights") from err
+                f"could not load {weights_path} into timm model {name} ({type(err).__name__}: {_one_line(err)}); "
+                "the file must hold this model's weights, tensors only") from err
     return TimmClassifier(net).to(device)
+
+
+def _one_line(err: Exception) -> str:
+    """An exception's message on one line; torch's weights_only refusal without its advice to turn it off."""
+    if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err):
+        return "not a tensor-only file: it is damaged, or holds pickled objects, which are never loaded"
+    return " ".join(str(err).split())[:300] or "no details"
 
 
 def _create(name: str, pretrained: bool, resolution: int, num_classes: int) -> nn.Module:

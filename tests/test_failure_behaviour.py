@@ -65,6 +65,10 @@ def test_a_failing_overwrite_keeps_the_finished_run_byte_for_byte(world, tmp_pat
     status, err = cli(lambda: phase1(world, tmp_path, "--overwrite", opts=["data_path=/no/such/folder"]), capsys)
     assert status == 2 and "/no/such/folder" in err and err.startswith("error:")
     assert files(run) == before  # a typo in data_path deletes nothing
+    weights = tmp_path / "x.pt"
+    weights.write_bytes(b"")
+    status, err = cli(lambda: phase1(world, tmp_path, "--overwrite", opts=[f"pretrained={weights}"]), capsys)
+    assert status == 2 and str(weights) in err and files(run) == before  # nor does an empty weight file
 
     real = stop_at_call(monkeypatch, main_phase1, 1, RuntimeError)  # dies during its first epoch
     with pytest.raises(RuntimeError):
@@ -184,6 +188,12 @@ def test_an_empty_mask_stops_phase2_and_a_tiny_one_is_flagged(world, tmp_path, c
     log = (run_dir(tmp_path / "out", "phase2") / "log.txt").read_text()
     assert "WARNING: the clean mask keeps no sample of 7 of 10 classes" in log
 
+    finished = files(run_dir(tmp_path / "out", "phase2"))
+    status, err = cli(lambda: main_phase2.main(["--cfg", world["fft"], *NOISE, "--clean_mask", empty, "--overwrite",
+                                                "--opts", "epochs=1", f"output_dir={tmp_path / 'out'}"]), capsys)
+    assert status == 2 and "keeps 0 of 60 samples" in err
+    assert files(run_dir(tmp_path / "out", "phase2")) == finished  # --overwrite with an empty mask keeps the run
+
 
 # ---------------------------------------------------------------- 5. corrupt inputs: one error line naming the file
 @pytest.mark.parametrize("content", [b"", b"garbage bytes, not weights"])
@@ -192,14 +202,15 @@ def test_a_corrupt_weight_file_is_named_in_one_error_line(world, tmp_path, capsy
     weights.write_bytes(content)
     status, err = cli(lambda: phase1(world, tmp_path / "out", opts=[f"pretrained={weights}"]), capsys)
     assert status == 2 and str(weights) in err and err.count("\n") == 1 and "Traceback" not in err
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and weights.read_bytes() == content  # nothing written or deleted
 
 
 def test_a_garbage_mask_and_a_folder_as_cfg_give_clear_errors(world, tmp_path, capsys):
     mask = Path(hand_made_mask(world, tmp_path / "m", lambda idx, labels: idx % 2 == 0))
     mask.write_bytes(b"\x93NUMPY garbage")
     status, err = cli(lambda: main_phase2.main(["--cfg", world["fft"], *NOISE, "--clean_mask", str(mask)]), capsys)
-    assert status == 2 and str(mask) in err and ".npy" in err
+    assert status == 2 and str(mask) in err and ".npy" in err and err.count("\n") == 1
+    assert mask.read_bytes() == b"\x93NUMPY garbage"  # nothing deleted
     status, err = cli(lambda: main_phase1.main(["--cfg", str(tmp_path), *NOISE]), capsys)
     assert status == 2 and f"config file {tmp_path} is a directory" in err
 

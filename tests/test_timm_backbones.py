@@ -144,8 +144,17 @@ def test_weight_errors_say_what_to_do(tmp_path):
         build_timm_classifier("resnet10t", 10, 32, weights_path=str(wrong))
     other = tmp_path / "other.pth"
     torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), other)  # other shapes
-    with pytest.raises(PretrainedWeightsError, match="could not load .*other.pth into timm model resnet10t"):
+    with pytest.raises(PretrainedWeightsError, match="could not load .*other.pth into timm model resnet10t") as err:
         build_timm_classifier("resnet10t", 10, 32, weights_path=str(other))
+    assert "\n" not in str(err.value)  # one error line, however long torch's message
+    empty, garbage = tmp_path / "empty.pth", tmp_path / "garbage.pth"
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"garbage bytes, not weights")
+    with pytest.raises(PretrainedWeightsError, match=r"empty.pth is empty \(0 bytes\); expected the weights"):
+        build_timm_classifier("resnet10t", 10, 32, weights_path=str(empty))
+    with pytest.raises(PretrainedWeightsError, match="garbage.pth .*not a tensor-only file") as err:
+        build_timm_classifier("resnet10t", 10, 32, weights_path=str(garbage))
+    assert "weights_only=False" not in str(err.value)  # never the advice to run the file's code
     # offline (HF_HUB_OFFLINE=1 in the tests): the tag cannot be fetched
     with pytest.raises(PretrainedWeightsError, match="weights_path: /path/to/file.*timm_pretrained: false"):
         build_timm_classifier("resnet10t", 10, 32, pretrained=True)
@@ -194,6 +203,29 @@ def test_backbone_clip_means_the_official_vit_b16(monkeypatch):
                         lambda cfg, names, device: seen.setdefault("backbone", cfg.backbone))
     models.build.build_classifier(_cfg(backbone="clip"), ["a", "b"], torch.device("cpu"))
     assert seen["backbone"] == "ViT-B/16"
+
+
+def test_grad_checkpointing_uses_timms_switch_and_gives_the_same_gradients(small_models, monkeypatch):
+    import torch.utils.checkpoint
+
+    from models.build import build_classifier
+
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    # timm's checkpoint_seq calls torch.utils.checkpoint.checkpoint through the module: count the blocks it wraps
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    gradients = {}
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        cfg = _cfg(backbone="vit", resolution=32, timm_pretrained=False, grad_checkpointing=enabled)
+        model = build_classifier(cfg, ["a", "b", "c"], torch.device("cpu"))  # vit_tiny stand-in: no dropout, no BN
+        model.train()
+        calls.clear()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        assert model.net.grad_checkpointing == enabled and len(calls) == (len(model.net.blocks) if enabled else 0)
+        gradients[enabled] = [p.grad for p in model.trainable_parameters()]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(gradients[False], gradients[True]))
 
 
 def test_turn_probes_and_fine_tunes_a_timm_backbone(world, small_models, tmp_path):
