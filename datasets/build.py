@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from utils import distributed
 from utils.config import REAL_NOISE_DATASETS
 
 from .cifar import CIFAR_NUM_CLASSES, read_cifar, read_cifar100_coarse_labels
@@ -277,9 +278,11 @@ def _noisy_labels(cfg: Any, noise_mode: str, raw: RawData) -> tuple[np.ndarray, 
     images = None
     if noise_mode == "idn":
         images = raw.idn_images if raw.idn_images is not None else raw.train_items
-    return load_or_make_noisy_labels(cache_dir, dataset_key, raw.train_labels, raw.num_classes, noise_mode,
-                                     float(cfg.noise_ratio), resolve_noise_seed(cfg, noise_mode),
-                                     images=images, **options)
+    # Under torchrun rank 0 reads or writes the cache and hands the labels (or its error) to the others,
+    # so only rank 0 writes files and the other ranks never generate (IDN: load every image) in parallel.
+    return distributed.on_main(lambda: load_or_make_noisy_labels(
+        cache_dir, dataset_key, raw.train_labels, raw.num_classes, noise_mode, float(cfg.noise_ratio),
+        resolve_noise_seed(cfg, noise_mode), images=images, **options))
 
 
 def _check_dataset(name: str) -> Callable[[Any], RawData]:

@@ -47,9 +47,12 @@ def run_dir(out: Path, script: str) -> Path:
 
 
 def assert_same_run(single: Path, ddp: Path) -> None:
-    """Same mask and the same per-epoch figures (up to float reduction order)."""
+    """Same mask, the same per-sample clean scores and the same per-epoch figures (up to float reduction order)."""
     assert np.array_equal(np.load(single / "clean_mask.npy"), np.load(ddp / "clean_mask.npy"))
     assert np.load(ddp / "clean_mask.npy").shape == (NUM_TRAIN,)
+    # the score behind each decision (p_clean, minus the loss, the GMM posterior), gathered by sample index
+    scores = [np.load(run / "clean_scores.npy") for run in (single, ddp)]
+    assert scores[1].shape == (NUM_TRAIN,) and np.allclose(scores[0], scores[1], rtol=1e-4, atol=1e-5)
     one, two = read_metrics(str(single)), read_metrics(str(ddp))
     assert len(one) == len(two)
     for a, b in zip(one, two):
@@ -89,15 +92,20 @@ def test_small_loss_ranks_the_global_batch(world, tmp_path):
     assert read_metrics(str(run_dir(tmp_path / "ddp", "small_loss")))[1]["num_selected"] == 19 + 19 + 3
 
 
-@pytest.mark.parametrize("method", ["GMM", "ELR"])
+@pytest.mark.parametrize("method", ["GMM", "ELR", "TURN"])
 def test_full_passes_and_per_sample_state_are_gathered_by_sample_index(world, tmp_path, method):
-    """GMM fits on per-sample losses of a sharded full pass; ELR's target memory is updated per rank."""
+    """GMM fits on per-sample losses of a sharded full pass; ELR's target memory is updated per rank;
+    TURN extracts features and per-sample losses in sharded full passes (69 samples: one padded) and
+    trains on the cleansed subset."""
     args = ["--cfg", world["fft"], *NOISE, "--lnl_methods", method]
-    main_baseline.main(args + ["--opts", f"output_dir={tmp_path / 'single'}"])
-    result = torchrun("main_baseline.py", args + ["--opts", f"output_dir={tmp_path / 'ddp'}"])
+    if method == "TURN":  # short steps; tau 0.3 keeps every class non-empty on 69 samples (as in the baseline tests)
+        args += ["--opts", "turn_lp_epochs=2", "turn_fft_epochs=2", "turn_tau=0.3"]
+    out = [] if "--opts" in args else ["--opts"]  # one --opts list: output_dir joins the method's opts
+    main_baseline.main(args + out + [f"output_dir={tmp_path / 'single'}"])
+    result = torchrun("main_baseline.py", args + out + [f"output_dir={tmp_path / 'ddp'}"])
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [run_dir(tmp_path / kind, f"baseline_{method.lower()}") for kind in ("single", "ddp")]
-    if method == "GMM":
+    if method in ("GMM", "TURN"):
         assert_same_run(*runs)
     else:
         one, two = (read_metrics(str(r)) for r in runs)
@@ -130,7 +138,8 @@ def test_a_failing_rank_stops_the_job_and_a_resumed_job_gives_the_same_mask(worl
     wrapper = tmp_path / "failing_rank.py"
     wrapper.write_text(FAILING_RANK)
     args = ["--cfg", world["peft"], *NOISE, "--opts", f"output_dir={tmp_path / 'out'}"]
-    result = torchrun(str(wrapper), args, timeout=180)  # a hang would hit the timeout
+    # a hang waits for the 30-minute collective timeout; 600 s leaves room for a loaded 2-core machine
+    result = torchrun(str(wrapper), args, timeout=600)
     assert result.returncode != 0 and "rank 1 failed in epoch 2" in result.stdout + result.stderr
     run = run_dir(tmp_path / "out", "phase1")
     assert (run / "checkpoint.pt").is_file() and not (run / "summary.json").exists()
@@ -143,7 +152,28 @@ def test_a_failing_rank_stops_the_job_and_a_resumed_job_gives_the_same_mask(worl
 
 def test_a_global_batch_that_does_not_divide_is_refused(world, tmp_path):
     result = torchrun("main_phase1.py", ["--cfg", world["peft"], *NOISE, "--opts", "batch_size=31",
-                                         f"output_dir={tmp_path}"], timeout=120)
+                                         f"output_dir={tmp_path}"])
     assert result.returncode != 0
     assert "batch_size 31 is the global batch and must be divisible by the number of processes (2)" in result.stderr
     assert not (tmp_path / "phase1").exists()
+
+
+def test_only_rank_0_makes_the_noise_cache_and_the_other_ranks_take_its_labels(world, tmp_path, monkeypatch):
+    """Ranks simulated in one process: rank 1 gets rank 0's labels by broadcast and writes no cache."""
+    from datasets import build_datasets
+    from utils import distributed
+    from utils.config import Config, apply_overrides, load_yaml
+
+    def config(cache: Path) -> Config:
+        return apply_overrides(Config(), {**load_yaml(world["peft"]), "noise_mode": "sym", "noise_ratio": 0.2,
+                                          "noise_cache_dir": str(cache)}, "test")
+
+    rank0 = build_datasets(config(tmp_path / "rank0"))  # one process = rank 0: generates and writes the cache
+    assert len(list((tmp_path / "rank0").iterdir())) == 1
+    sent = (np.asarray(rank0.train.given_labels), rank0.noise_info)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj, src=0: (sent, None))  # rank 0's outcome
+    rank1 = build_datasets(config(tmp_path / "rank1"))
+    assert np.array_equal(rank1.train.given_labels, rank0.train.given_labels)
+    assert rank1.noise_info == rank0.noise_info and not (tmp_path / "rank1").exists()

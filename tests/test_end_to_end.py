@@ -59,6 +59,16 @@ def test_phase1_then_phase2_files_are_complete_and_consistent(world):
     assert meta["mask_recall"] == pytest.approx(hits / clean.sum())
     assert 0.2 < 1 - clean.mean() < 0.5  # sym 0.4 over 10 classes: about 36% actually flipped
 
+    # The score behind the mask: p_clean of the last epoch (the mask is p_clean > 0.5), the truth saved
+    # beside it, and its AUROC in summary.json = the pairwise (Mann-Whitney) count by hand.
+    p_clean, truly_clean = np.load(run / "clean_scores.npy"), np.load(run / "truly_clean.npy")
+    assert p_clean.shape == mask.shape and np.array_equal(mask, p_clean > 0.5)
+    assert np.array_equal(truly_clean, clean)
+    pairs = p_clean[truly_clean][:, None] - p_clean[~truly_clean][None, :]
+    hand_auroc = float((pairs > 0).mean() + 0.5 * (pairs == 0).mean())
+    assert summary["mask_auroc"] == pytest.approx(hand_auroc, abs=1e-12) == meta["mask_auroc"]
+    assert json.loads((run / "summary.json").read_text())["mask_auroc"] == summary["mask_auroc"]
+
     records = read_metrics(str(run))
     assert [r["epoch"] for r in records] == [1, 2]
     for key in ("loss", "loss_cls", "loss_dp", "test_acc", "precision", "recall", "f1",
