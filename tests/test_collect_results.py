@@ -233,3 +233,19 @@ def test_the_sister_methods_have_rows(tmp_path):
     assert "| RobustSimilarity | 85.00 ± 7.07 (n=2) |" in markdown  # F1: mean 85, sd of (80, 90)
     assert "| CoReg |" in markdown and "clip_annotation" in markdown
 
+
+
+def test_robust_similarity_gets_one_row_per_block_count(tmp_path):
+    """The seed's ablation varies m at one noise setting and seed: each m is its own row, ordered by m."""
+    root = tmp_path / "output"
+    for blocks, acc in ((6, 61.0), (1, 57.0), (2, 58.0)):  # written out of order on purpose
+        _run(root, f"rs_m{blocks}/robust_similarity", {"script": "robust_similarity", "method": "RobustSimilarity",
+                                                       "rs_blocks": blocks, "clean_mask": "x", "mask_f1": 0.5,
+                                                       "best_test_acc": acc, "last_test_acc": acc - 1.0},
+             mode="sym", ratio=0.125, seed=1)
+    rows = collect(str(root))
+    assert sorted(r["method"] for r in rows) == ["RobustSimilarity (m=1)", "RobustSimilarity (m=2)",
+                                                 "RobustSimilarity (m=6)"]
+    best = _table(results_markdown(rows), "cifar100: test accuracy, best (%), backbone ViT-B/16")
+    assert list(best) == ["RobustSimilarity (m=1)", "RobustSimilarity (m=2)", "RobustSimilarity (m=6)"]
+    assert best["RobustSimilarity (m=6)"] == {"sym0.125": "61.00 (n=1)"}  # not the mean of the three m

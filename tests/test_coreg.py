@@ -22,6 +22,7 @@ from models.clip_loader import load_clip, tokenizer_for
 from models.coreg import CoRegNetwork, PreActResNet18
 from models.zero_shot import TEMPLATE_SETS, class_captions
 from tools.smoke_run import build_smoke_world
+from utils.collect_results import collect
 from utils.config import Config, ConfigError, apply_overrides, load_yaml
 from utils.coreg import (annotation_metrics, append_loss_history, candidate_sets, contrastive_masks, credibility,
                          distribution_alignment, max_candidate_loss, mix, mixup_lambda, negative_entropy,
@@ -246,6 +247,11 @@ def test_script_end_to_end_annotates_trains_both_networks_and_caches(world, tmp_
     assert summary["best_test_acc"] == max(accs) and summary["last_test_acc"] == accs[-1]
     assert summary["last_test_acc_net1"] == records[-1]["test_acc_net1"] and "best_test_acc_net2" in summary
     assert (summary["script"], summary["method"], summary["num_manual_labels"]) == ("coreg", "CoReg", 0)
+    # the results collector reads this very run: an accuracy row in the column of CLIP's annotation
+    (row,) = collect(str(tmp_path))
+    assert (row["method"], row["role"], row["noise"], row["dataset"]) == ("CoReg", "accuracy", "clip_annotation",
+                                                                          "cifar10")
+    assert (row["best_acc"], row["last_acc"]) == (max(accs), accs[-1]) and row["precision"] is None
 
     # Independent route: the tiny CLIP, each template's argmax, the union; scored against the true labels.
     cfg = load_yaml(world["fft"])

@@ -17,6 +17,7 @@ import main_robust_similarity
 from run_helpers import stop_at_call
 from models.prompt_matrix import PromptMatrix, RobustSimilarityModel
 from tools.smoke_run import build_smoke_world
+from utils.collect_results import collect
 from utils.config import ConfigError
 from utils.gmm import GMMSettings
 from utils.robust_similarity import (alpha_schedule, block_loss, ensemble_probabilities, feature_distance,
@@ -166,6 +167,13 @@ def test_script_end_to_end_saves_a_mask_scored_like_every_detector(world, tmp_pa
     records = read_metrics(str(run))
     assert [r["alpha"] for r in records] == pytest.approx([0.2, 0.2 * math.exp(1 / 35), 0.2 * math.exp(2 / 35)])
     assert all(r["selected_frac"] == r["num_selected"] / 100 for r in records)
+    # the results collector reads this very run: one row per m, P/R from the saved files, the ensemble's accuracy
+    (row,) = collect(str(tmp_path))
+    assert (row["method"], row["role"], row["noise"], row["dataset"]) == ("RobustSimilarity (m=2)", "both",
+                                                                          "sym0.4", "cifar10")
+    assert row["precision"] == pytest.approx(100 * hits / mask.sum())
+    assert row["recall"] == pytest.approx(100 * hits / truth.sum())
+    assert row["best_acc"] == max(r["test_acc"] for r in records) and row["num_selected"] == int(mask.sum())
 
 
 def test_few_shot_run_with_the_gmm_filter(world, tmp_path):

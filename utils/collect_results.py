@@ -15,7 +15,8 @@ datasets, columns = datasets, as the paper's Tables 3 and 8):
   DeFT (phase 1), SmallLoss, GMM, TURN, LabelMatch, RobustSimilarity: every run that saved a clean mask.
 - Accuracy (Tables 2 / 3): best and last test accuracy (%), one table per backbone. Rows: the trained
   baselines (CE, GCE, ELR, SCE, GMM, TURN), the sister methods (RobustSimilarity: its prompt
-  matrix; CoReg: its two networks' ensemble, in the column of its annotation, `clip_annotation`),
+  matrix, one row per block count, "RobustSimilarity (m=6)", so the seed's m ablation reads off
+  the DTD table; CoReg: its two networks' ensemble, in the column of its annotation, `clip_annotation`),
   DeFT (phase 2), DeFT-PEFT (phase 2 with the PEFT YAML), "<method>+FFT" (phase 2 on another
   method's mask).
 - Backbones (Table 4): backbones x methods, for each dataset and noise setting with runs on more than one.
@@ -66,6 +67,7 @@ NO_ADAPTATION = "DeFT (no adaptation)"  # phase 1's own test accuracy: Figure 3'
 ABLATION_COLUMNS = {NO_ADAPTATION: "no adaptation", "DeFT-PEFT": "PEFT", "DeFT": "FFT"}
 CIFAR_N_DEFAULT_KEYS = {"cifar100": "noisy_label", "cifar10": "worse_label"}
 RUN_FOLDER = re.compile(r"(^|_)seed\d+$")
+VARIANT = re.compile(r"(.+) \(m=(\d+)\)")  # Robust Similarity with m prompt blocks
 ANNOTATION = "clip_annotation"  # Co-Reg's noise: candidate labels annotated by CLIP, no dataset label used
 
 
@@ -138,6 +140,9 @@ def _method_and_role(script: str, summary: dict) -> tuple[Optional[str], str]:
         return "SmallLoss", "detection"
     if base in ("baseline", "robust_similarity", "coreg"):  # the sister methods name themselves too
         method = summary.get("method")
+        if base == "robust_similarity" and summary.get("rs_blocks") is not None:
+            # the seed's ablation varies m at fixed noise and seed: one row per m, never averaged together
+            method = f"{method} (m={summary['rs_blocks']})"
         has_mask = "clean_mask" in summary
         has_acc = "best_test_acc" in summary
         return method, ("both" if has_mask and has_acc else "detection" if has_mask else "accuracy")
@@ -227,9 +232,17 @@ class TableSpec:
 
 
 def _ordered(names: Iterable[str], preferred: tuple) -> list[str]:
+    """`preferred` first (a variant, "RobustSimilarity (m=4)", in its method's place, by m), the rest sorted."""
     names = set(names)
-    first = [n for n in preferred if n in names]
+    first = sorted((n for n in names if _variant(n)[0] in preferred),
+                   key=lambda n: (preferred.index(_variant(n)[0]), _variant(n)[1]))
     return first + sorted(names - set(first), key=lambda n: (n.endswith("+FFT") or n.endswith("+PEFT"), n))
+
+
+def _variant(name: str) -> tuple[str, int]:
+    """("RobustSimilarity", 4) for "RobustSimilarity (m=4)"; (name, -1) for a name without a variant."""
+    match = VARIANT.fullmatch(name)
+    return (match.group(1), int(match.group(2))) if match else (name, -1)
 
 
 def _noise_key(label: str) -> tuple:
