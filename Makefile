@@ -27,6 +27,6 @@ demo: $(STAMP) fashion-mnist
 test: $(STAMP) fashion-mnist
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-# The miniature's Table 1 and Table 2 (about 90 minutes on 2 CPU cores; resumable): results/miniature/
+# The miniature's Table 1 and Table 2 (1 h 55 min measured on 2 shared CPU cores; resumable): results/miniature/
 miniature-tables: $(STAMP) fashion-mnist
 	HF_HUB_OFFLINE=1 $(PY) tools/miniature_tables.py

@@ -6,13 +6,13 @@
 
 1. pre-train the demo's tiny CLIP (cached in output/demo/tiny_clip/; nothing to do when present);
 2. run grids/miniature.yaml with the sweep runner (utils/sweep.py), two independent jobs at a time
-   (`--jobs`, each with cores/jobs threads); every command carries --continue, so running this again continues an interrupted grid and redoes nothing
-   that finished;
+   (`--jobs`, each with cores/jobs threads); every command carries --continue, so running this again
+   continues an interrupted grid and redoes nothing that finished;
 3. collect the runs into results/miniature/: results.md (the tables, mean ± std over the seeds),
    results.csv (one row per run), results_cells.csv (one row per table cell), figures/ (noise-ratio
    sweeps per dataset and noise mode, each with its data as JSON) and run_info.json (the command, the
    date, the machine, the time it took and the commit).
-About 90 minutes on a 2-core CPU (see grids/miniature.yaml for what was cut to fit).
+Measured: 1 h 55 min on a 2-core CPU shared with other jobs (see grids/miniature.yaml for what was cut).
 """
 from __future__ import annotations
 
