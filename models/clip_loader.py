@@ -9,14 +9,13 @@ checkpoint path (an OpenAI TorchScript `.pt`, an open_clip state dict or `.safet
 from __future__ import annotations
 
 import os
-import pickle
 import zipfile
 from typing import Optional
 
 import open_clip
 import torch
 
-from utils.errors import UserError
+from utils.errors import UserError, weight_file_error_detail
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 open_clip.add_model_config(CONFIG_DIR)  # the tiny test/demo architectures become open_clip names
@@ -69,11 +68,8 @@ def _load_weight_file(name: str, path: str, precision: str, device: torch.device
             return open_clip.load_openai_model(path, precision=precision, device=device)
         return open_clip.create_model(name, pretrained=path, precision=precision, device=device)
     except Exception as err:  # truncated, garbage, pickled objects (refused by weights_only), wrong shapes
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else "no details"
-        if isinstance(err, pickle.UnpicklingError):  # torch's own hint (weights_only=False) would run the file's code
-            detail = "not a tensor-only file: it is damaged, or holds pickled objects, which are never loaded"
         raise PretrainedWeightsError(f"could not load the CLIP weight file {path} ({type(err).__name__}: "
-                                     f"{detail[:300]}); expected {expected}") from None
+                                     f"{weight_file_error_detail(err)}); expected {expected}") from None
 
 
 def load_clip(backbone: str, pretrained: Optional[str] = None, precision: str = "fp32",

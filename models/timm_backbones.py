@@ -11,7 +11,6 @@ lr, momentum and weight decay.
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 from dataclasses import dataclass
 from typing import Optional
@@ -23,7 +22,7 @@ from torch import nn
 
 from models.clip_loader import OFFICIAL_BACKBONES, PretrainedWeightsError
 from utils.config import Config
-from utils.errors import UserError
+from utils.errors import UserError, weight_file_error_detail
 
 CLIP_ALIAS = "clip"
 CLIP_DEFAULT = "ViT-B/16"  # what `backbone: clip` means: the official CLIP model
@@ -142,16 +141,9 @@ def build_timm_classifier(backbone: str, num_classes: int, resolution: int, pret
             raise
         except Exception as err:  # unreadable file, pickled objects (refused by weights_only), wrong shapes
             raise PretrainedWeightsError(
-                f"could not load {weights_path} into timm model {name} ({type(err).__name__}: {_one_line(err)}); "
+                f"could not load {weights_path} into timm model {name} ({type(err).__name__}: {weight_file_error_detail(err)}); "
                 "the file must hold this model's weights, tensors only") from err
     return TimmClassifier(net).to(device)
-
-
-def _one_line(err: Exception) -> str:
-    """An exception's message on one line; torch's weights_only refusal without its advice to turn it off."""
-    if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err):
-        return "not a tensor-only file: it is damaged, or holds pickled objects, which are never loaded"
-    return " ".join(str(err).split())[:300] or "no details"
 
 
 def _create(name: str, pretrained: bool, resolution: int, num_classes: int) -> nn.Module:

@@ -234,7 +234,6 @@ def test_the_sister_methods_have_rows(tmp_path):
     assert "| CoReg |" in markdown and "clip_annotation" in markdown
 
 
-
 def test_robust_similarity_gets_one_row_per_block_count(tmp_path):
     """The seed's ablation varies m at one noise setting and seed: each m is its own row, ordered by m."""
     root = tmp_path / "output"

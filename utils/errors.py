@@ -2,12 +2,21 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import sys
 from typing import Callable
 
 
 class UserError(Exception):
     """Bad input (config, data, files): reported as one clear message, without a traceback."""
+
+
+def weight_file_error_detail(err: Exception) -> str:
+    """The reason a weight file did not load, on one line; never torch's advice to load with
+    weights_only=False, which would run the file's code."""
+    if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err):
+        return "not a tensor-only file: it is damaged, or holds pickled objects, which are never loaded"
+    return " ".join(str(err).split())[:300] or "no details"
 
 
 def run_cli(main: Callable[[], object]) -> None:
