@@ -22,6 +22,7 @@ GMM, TURN and LabelMatch report detection precision/recall/F1 and save `clean_ma
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Callable, Optional, Sequence
 
@@ -81,7 +82,7 @@ def train_with_loss(cfg: Config, exp: Experiment, data, script: str, method: str
     """Fine-tune with a robust loss (CE/SCE/GCE/ELR) on all samples, or CE on the GMM clean set."""
     # 1. Data, model, optimiser (the backbone's official one; SGD for CLIP).
     train_loader = make_loader(data.train, cfg.batch_size, True, cfg.num_workers, exp.device, cfg.seed)
-    eval_loader = make_loader(data.eval, cfg.batch_size, False, cfg.num_workers, exp.device)
+    eval_loader = make_loader(data.eval, cfg.batch_size, False, cfg.num_workers, exp.device, persistent=True)
     test_loaders = make_test_loaders(data, cfg.batch_size, cfg.num_workers, exp.device)
     is_clean = data.train.is_clean
     model, optimizer, scheduler, scaler = build_training(cfg, exp, data)
@@ -147,7 +148,7 @@ def per_sample_loss(cfg: Config, method: str) -> Callable[[torch.Tensor, torch.T
 # ---------------------------------------------------------------- TURN
 def turn(cfg: Config, exp: Experiment, data, script: str) -> dict:
     """TURN (seed 003, Algorithm 1): linear probing with GCE, then per-epoch cleansing and FFT."""
-    eval_loader = make_loader(data.eval, cfg.batch_size, False, cfg.num_workers, exp.device)
+    eval_loader = make_loader(data.eval, cfg.batch_size, False, cfg.num_workers, exp.device, persistent=True)
     test_loaders = make_test_loaders(data, cfg.batch_size, cfg.num_workers, exp.device)
     given_labels = np.asarray(data.train.given_labels)
     is_clean = data.train.is_clean
@@ -210,30 +211,37 @@ def turn(cfg: Config, exp: Experiment, data, script: str) -> dict:
 
 def linear_probe(head: torch.nn.Module, features: torch.Tensor, given_labels: np.ndarray,
                  test_features: torch.Tensor, test_labels: torch.Tensor, cfg: Config, exp: Experiment) -> dict:
-    """TURN step 1: train only the head with GCE on pre-extracted features for turn_lp_epochs."""
+    """TURN step 1: train only the head with GCE on pre-extracted features for turn_lp_epochs.
+
+    The head trains as an fp32 copy that is written back into `head` at the end: with `precision:
+    fp16` the head is fp16, and AdamW's eps (1e-8) is 0 in fp16, so a weight whose gradient is
+    (or underflows to) 0 would be updated by 0/0 and the head would turn NaN at the first step.
+    """
     labels = torch.as_tensor(given_labels, dtype=torch.long)
-    dataset = TensorDataset(features, labels, labels, torch.arange(len(labels)))
+    dataset = TensorDataset(features.float(), labels, labels, torch.arange(len(labels)))
     loader = make_loader(dataset, cfg.batch_size, True, 0, exp.device, cfg.seed)
     settings = linear_probe_settings(cfg)
-    optimizer = make_optimizer([list(head.parameters())], **settings)
+    probe = copy.deepcopy(head).float()
+    optimizer = make_optimizer([list(probe.parameters())], **settings)
     scaler = make_grad_scaler(cfg.precision, exp.device)
-    dtype = next(head.parameters()).dtype
     exp.log.info(f"TURN step 1: linear probing for {cfg.turn_lp_epochs} epochs on {tuple(features.shape)} "
-                 f"features, {settings}")
+                 f"features, {settings}, head in fp32")
 
     def step(batch: Batch, weights_only: bool) -> StepOutput:
         if weights_only:
             return StepOutput({"gce": LossTerm(None)})
-        return StepOutput({"gce": LossTerm(gce_loss(head(batch.images.to(dtype)), batch.given_labels, cfg.gce_q))})
+        return StepOutput({"gce": LossTerm(gce_loss(probe(batch.images), batch.given_labels, cfg.gce_q))})
 
-    head.train()
+    probe.train()
     losses = []
     for lp_epoch in range(1, cfg.turn_lp_epochs + 1):
         start_epoch_rng(loader, cfg.seed, lp_epoch)
         losses.append(train_one_epoch(step, loader, optimizer, scaler, cfg.precision, exp.device, lp_epoch,
                                       False, cfg.micro_batch_size).record["loss"])
     with torch.no_grad():
-        test_acc = accuracy(head(test_features.to(exp.device, dtype)).float().cpu(), test_labels)
+        test_acc = accuracy(probe(test_features.to(exp.device).float()).cpu(), test_labels)
+        for target, trained in zip(head.parameters(), probe.parameters()):
+            target.copy_(trained)  # back into the head's own dtype
     exp.log.info(f"TURN step 1 done: linear-probe test accuracy {test_acc:.2f}, GCE loss per epoch {losses}")
     return {"test_acc": test_acc, "losses": losses, "optimizer": settings}
 

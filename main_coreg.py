@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from datasets import build_datasets, labels_sha256
 from datasets.views import MultiViewDataset, strong_transform
 from models.annotator import Annotation, annotate_images, load_or_annotate, template_text_features, weights_fingerprint
-from models.clip_loader import load_clip, tokenizer_for
+from models.clip_loader import image_dtype, load_clip, tokenizer_for
 from models.coreg import CoRegNetwork, CoRegPair, build_encoder
 from models.zero_shot import TEMPLATE_SETS
 from utils import distributed
@@ -94,8 +94,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                 cfg.num_workers, exp.device, cfg.seed)
     cotrain_loader = make_loader(MultiViewDataset(data.train, [weak, weak, strong, strong], shown), cfg.batch_size,
                                  True, cfg.num_workers, exp.device, cfg.seed)
-    eval_loader = make_loader(data.eval, cfg.batch_size, False, cfg.num_workers, exp.device)
-    test_loader = make_loader(data.test, cfg.batch_size, False, cfg.num_workers, exp.device)
+    eval_loader = make_loader(data.eval, cfg.batch_size, False, cfg.num_workers, exp.device, persistent=True)
+    test_loader = make_loader(data.test, cfg.batch_size, False, cfg.num_workers, exp.device, persistent=True)
 
     # 3. Two networks from scratch and their shared prototypes; one SGD (a network without
     #    gradients in a pass is left alone by it).
@@ -150,7 +150,7 @@ def annotate(cfg: Config, exp: Experiment, data) -> tuple[Annotation, str]:
         text = template_text_features(clip_model, tokenizer_for(cfg.backbone), data.class_names, templates)
         views = data if (resolution, normalize) == (cfg.resolution, cfg.normalize) else \
             build_datasets(dataclasses.replace(cfg, resolution=resolution, normalize=normalize))
-        dtype = next(clip_model.visual.parameters()).dtype
+        dtype = image_dtype(clip_model.visual)
 
         def encode(images: torch.Tensor) -> torch.Tensor:
             return F.normalize(clip_model.encode_image(images.to(dtype)).float(), dim=-1)

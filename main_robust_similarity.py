@@ -60,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     # 1. Data: the noisy (few-shot) training set; true labels only score the selection.
     data = build_datasets(cfg)
     train_loader = make_loader(data.train, cfg.batch_size, True, cfg.num_workers, exp.device, cfg.seed)
-    eval_loader = make_loader(data.eval, cfg.batch_size, False, cfg.num_workers, exp.device)
+    eval_loader = make_loader(data.eval, cfg.batch_size, False, cfg.num_workers, exp.device, persistent=True)
     test_loaders = make_test_loaders(data, cfg.batch_size, cfg.num_workers, exp.device)
     given_labels = torch.as_tensor(data.train.given_labels)
     is_clean = data.train.is_clean

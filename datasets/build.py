@@ -191,7 +191,7 @@ def build_datasets(cfg: Any, normalization: Optional[tuple] = None) -> DataBundl
     """
     reader = _check_dataset(cfg.dataset)
     noise_mode = _check_noise_mode(cfg.noise_mode, cfg.dataset)
-    raw = reader(cfg)
+    raw = _read_once_downloaded(reader, cfg)
     _check_num_classes(cfg, raw.num_classes)
     if raw.given_train_labels is not None:
         given_labels, noise_info = _real_labels(raw)
@@ -218,6 +218,16 @@ def build_datasets(cfg: Any, normalization: Optional[tuple] = None) -> DataBundl
         sample_ids=raw.sample_ids,
         extra_tests=extra_tests,
     )
+
+
+def _read_once_downloaded(reader: Callable[[Any], RawData], cfg: Any) -> RawData:
+    """Read the dataset; under torchrun with `download: true`, rank 0 reads first (downloading what
+    is missing into data_path) and the other ranks read after it, without downloading."""
+    if not getattr(cfg, "download", False) or distributed.world_size() == 1:
+        return reader(cfg)
+    first: list[RawData] = []
+    distributed.on_main(lambda: first.append(reader(cfg)))  # the others wait here (and get its error)
+    return first[0] if first else reader(dataclasses.replace(cfg, download=False))
 
 
 def pin_subsample(cfg: Any, metadata_file: str) -> Any:

@@ -92,7 +92,8 @@ class NoisyLabelDataset(Dataset):
             if self.mode == "train":
                 with torch.random.fork_rng(devices=[]):  # leaves the caller's torch RNG as it was
                     key = _sample_key(self.seed + _AUGMENTATION_SALT, self.epoch, index).reshape(-1)[0]
-                    torch.manual_seed(int(key) & 0x7FFF_FFFF_FFFF_FFFF)
+                    # the CPU generator only: torch.manual_seed would also (lazily) reseed every accelerator
+                    torch.random.default_generator.manual_seed(int(key) & 0x7FFF_FFFF_FFFF_FFFF)
                     image = self.transform(image)
             else:
                 image = self.transform(image)

@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from models.clip_loader import image_dtype
 from models.peft import CLIPImageEncoder, TuningConfig
 from models.zero_shot import TEMPLATE_SETS, zero_shot_classifier
 
@@ -21,7 +22,7 @@ class CLIPClassifier(nn.Module):
                  head_init: str = "random", class_names: Sequence[str] = (), tokenizer=None) -> None:
         super().__init__()
         visual = clip_model.visual
-        dtype = visual.conv1.weight.dtype
+        dtype = image_dtype(visual)
         self.image_encoder = CLIPImageEncoder(visual, tuning)
         width = visual.conv1.weight.shape[0]
         self.head = nn.Linear(width, num_classes).to(device=visual.conv1.weight.device, dtype=dtype)

@@ -33,6 +33,16 @@ class PretrainedWeightsError(UserError, RuntimeError):
     """Pretrained weights could not be found or downloaded."""
 
 
+def image_dtype(visual: torch.nn.Module) -> torch.dtype:
+    """The dtype an open_clip image tower computes in: that of its stem convolution's weights.
+
+    Not `next(visual.parameters())`: open_clip's fp16 conversion leaves `class_embedding`,
+    `positional_embedding` and the LayerNorms in fp32, so the first parameter of a ViT says fp32
+    while the convolution expects fp16 inputs.
+    """
+    return visual.conv1.weight.dtype
+
+
 def resolve_backbone(backbone: str, pretrained: Optional[str]) -> tuple[str, Optional[str]]:
     """Map an official or open_clip name plus `pretrained` to (open_clip name, tag-or-path-or-None)."""
     if backbone in OFFICIAL_BACKBONES:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.clip_loader import image_dtype
 from models.peft import CLIPImageEncoder, TuningConfig
 from models.prompts import DualPromptLearner, TextEncoder
 
@@ -21,7 +22,7 @@ class DeFTModel(nn.Module):
     def __init__(self, clip_model: nn.Module, class_names: Sequence[str], tokenizer, tuning: TuningConfig,
                  n_ctx: int = 16, class_token_position: str = "end") -> None:
         super().__init__()
-        dtype = clip_model.visual.conv1.weight.dtype
+        dtype = image_dtype(clip_model.visual)
         self.image_encoder = CLIPImageEncoder(clip_model.visual, tuning)
         self.prompt_learner = DualPromptLearner(class_names, n_ctx, clip_model.token_embedding, tokenizer,
                                                 dtype, class_token_position)
@@ -44,8 +45,7 @@ class DeFTModel(nn.Module):
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised projected image features z, (batch, embed_dim), fp32."""
-        dtype = self.image_encoder.visual.conv1.weight.dtype
-        features = self.image_encoder.project(self.image_encoder(images.to(dtype)))
+        features = self.image_encoder.project(self.image_encoder(images.to(image_dtype(self.image_encoder.visual))))
         return F.normalize(features.float(), dim=-1)
 
     def forward(self, images: torch.Tensor, text_features: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.clip_loader import image_dtype
 from models.prompts import TextEncoder
 
 
@@ -67,7 +68,7 @@ class RobustSimilarityModel(nn.Module):
                  n_ctx: int = 16, ctx_per_class: bool = False) -> None:
         super().__init__()
         self.visual = clip_model.visual
-        dtype = next(self.visual.parameters()).dtype
+        dtype = image_dtype(self.visual)
         self.prompt_matrix = PromptMatrix(class_names, blocks, n_ctx, clip_model.token_embedding, tokenizer, dtype,
                                           ctx_per_class)
         self.text_encoder = TextEncoder(clip_model)
@@ -95,8 +96,7 @@ class RobustSimilarityModel(nn.Module):
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised frozen image features z, (batch, embed_dim), fp32."""
-        dtype = next(self.visual.parameters()).dtype
-        return F.normalize(self.visual(images.to(dtype)).float(), dim=-1)
+        return F.normalize(self.visual(images.to(image_dtype(self.visual))).float(), dim=-1)
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """(batch, m, C) = s · z · t_bᵀ for every block b."""

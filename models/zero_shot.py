@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.clip_loader import image_dtype
+
 # Prompt sets. `clip_ensemble` is the 7-template subset OpenAI's CLIP notebook selected for ImageNet;
 # `miniature` are the captions the offline tiny CLIP is pre-trained with (tools/pretrain_tiny_clip.py).
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
@@ -49,7 +51,7 @@ def zero_shot_classifier(clip_model: nn.Module, tokenizer: Callable, class_names
 
 def zero_shot_logits(clip_model: nn.Module, classifier: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """(batch, C) scaled cosine similarities between images and the class classifier."""
-    image_features = F.normalize(clip_model.encode_image(images.to(clip_model.visual.conv1.weight.dtype)).float(),
+    image_features = F.normalize(clip_model.encode_image(images.to(image_dtype(clip_model.visual))).float(),
                                  dim=-1)
     return clip_model.logit_scale.exp().float() * image_features @ classifier.t()
 

@@ -171,3 +171,13 @@ def test_grad_checkpointing_recomputes_activations_and_gives_the_same_gradients(
         gradients[enabled] = [p.grad for p in model.parameters() if p.requires_grad]
         assert bool(calls) == enabled  # the image blocks and the text blocks went through checkpoint()
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(gradients[False], gradients[True]))
+
+
+def test_only_loaders_of_unchanging_data_keep_their_workers():
+    """Test and scoring loaders keep their worker processes; training loaders are forked per epoch
+    (the epoch's complementary labels and augmentation are set in this process)."""
+    data = TensorDataset(torch.zeros(4, 1), torch.zeros(4, dtype=torch.long))
+    cpu = torch.device("cpu")
+    assert make_loader(data, 2, False, 1, cpu, persistent=True).persistent_workers
+    assert not make_loader(data, 2, True, 1, cpu).persistent_workers
+    assert not make_loader(data, 2, False, 0, cpu, persistent=True).persistent_workers  # no workers to keep

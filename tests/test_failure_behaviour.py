@@ -7,6 +7,7 @@ folders a failed run leaves.
 """
 import dataclasses
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -18,6 +19,8 @@ import yaml
 
 import main_phase1
 import main_phase2
+import utils.experiment as utils_experiment
+import utils.io as utils_io
 from models import timm_backbones
 from utils.clean_mask import mask_metadata, save_clean_mask
 from utils.collect_results import collect
@@ -300,3 +303,70 @@ def test_continue_starts_resumes_or_leaves_a_finished_run_alone(world, tmp_path,
     before = files(run)
     run_cli(lambda: phase1(world, tmp_path, "--continue"))  # returns: exit status 0
     assert "nothing to do" in capsys.readouterr().out and files(run) == before
+
+
+# ---------------------------------------------------------------- a full disk
+def fail_writes_of(monkeypatch, name: str) -> None:
+    """Make every atomic write of a file called `name` fail as on a full disk (at its fsync)."""
+    import errno
+
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(name):  # the temporary file .tmp-XXXX<name>
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def temporary_files(folder: Path) -> list[str]:
+    return [str(p) for p in folder.rglob(".tmp-*")]
+
+
+def test_a_full_disk_gives_one_error_line_and_loses_nothing_finished(world, tmp_path, monkeypatch, capsys):
+    phase1(world, tmp_path)
+    run = run_dir(tmp_path)
+    before = files(run)
+    fail_writes_of(monkeypatch, "checkpoint.pt")
+    status, err = cli(lambda: phase1(world, tmp_path, "--overwrite"), capsys)
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: could not write ") and "checkpoint.pt: No space left on device" in err
+    assert files(run) == before and temporary_files(tmp_path) == []  # the finished run is intact
+
+    # a new run whose second checkpoint does not fit: the first one stays whole and resumes
+    other = tmp_path / "other"
+    monkeypatch.undo()
+    real_save = utils_io.atomic_torch_save
+    saves = []
+
+    def second_fails(path, obj):
+        saves.append(path)
+        if len(saves) == 2:
+            fail_writes_of(monkeypatch, "checkpoint.pt")
+        real_save(path, obj)
+
+    monkeypatch.setattr(utils_experiment, "atomic_torch_save", second_fails)
+    status, err = cli(lambda: phase1(world, other), capsys)
+    assert status == 2 and "No space left on device" in err and temporary_files(other) == []
+    assert torch.load(run_dir(other) / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.undo()
+    summary = phase1(world, other, "--resume")  # space freed: the run continues after epoch 1
+    assert summary["num_samples"] == 60 and len(read_metrics(str(run_dir(other)))) == 2
+
+
+def test_a_log_file_that_cannot_be_written_is_said_once(capsys):
+    from utils.experiment import _LogFile
+
+    logger = logging.getLogger("deft-full-disk-test")
+    handler = _LogFile("/dev/full", encoding="utf-8")  # every write: No space left on device
+    logger.addHandler(handler)
+    try:
+        for _ in range(3):
+            logger.error("a record")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: could not write to /dev/full (")
+    assert "No space left on device" in err and "Traceback" not in err

@@ -214,3 +214,40 @@ def test_missing_data_fails_before_noise_work(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="test_batch"):
         build_datasets(_cfg(tmp_path))
     assert not (tmp_path / "noise_file").exists()
+
+
+def test_training_augmentation_reseeds_only_a_forked_cpu_generator(monkeypatch):
+    """torch.manual_seed would also reseed the CUDA generators of the main process (num_workers: 0)."""
+    def forbidden(seed):
+        raise AssertionError("torch.manual_seed called while loading a sample")
+
+    monkeypatch.setattr(torch, "manual_seed", forbidden)
+    ds, _ = _dataset(transform=T.Compose([T.RandomCrop(4, padding=2), T.ToTensor()]))
+    state = torch.random.get_rng_state()
+    first = ds[3][0]
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's generator is untouched
+    assert torch.equal(ds[3][0], first)  # and the sample's augmentation is its own, repeatable
+
+
+def test_under_torchrun_only_rank_0_may_download(monkeypatch):
+    """Rank 0 reads first (downloading if it must); the others wait for it and never download."""
+    import datasets.build as build
+
+    calls = []
+
+    def reader(cfg):
+        calls.append(cfg.download)
+        raise StopIteration  # the reading itself is not under test
+
+    cfg = SimpleNamespace(download=True)
+    monkeypatch.setattr(build.distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(build.distributed, "on_main", lambda fn: None)  # rank 1: rank 0 ran fn
+    monkeypatch.setattr(build.dataclasses, "replace", lambda c, **kw: SimpleNamespace(**{**vars(c), **kw}))
+    with pytest.raises(StopIteration):
+        build._read_once_downloaded(reader, cfg)
+    assert calls == [False]
+    monkeypatch.setattr(build.distributed, "on_main", lambda fn: fn())  # rank 0
+    calls.clear()
+    with pytest.raises(StopIteration):
+        build._read_once_downloaded(reader, cfg)
+    assert calls == [True]

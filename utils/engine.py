@@ -80,6 +80,21 @@ def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScal
     return torch.amp.GradScaler(device.type, enabled=precision == "amp" and device.type == "cuda")
 
 
+def trained_precision(model: nn.Module, precision: str, device: torch.device) -> str:
+    """What actually trains in which precision: dtypes of the trainable tensors and the autocast.
+
+    `precision: fp16` converts only open_clip models; a timm backbone or Co-Reg's student networks
+    stay fp32, and this line says so (in log.txt, config.yaml and summary.json).
+    """
+    counts: dict[str, int] = defaultdict(int)
+    for param in model.parameters():
+        if param.requires_grad:
+            counts[str(param.dtype).replace("torch.", "")] += 1
+    tensors = ", ".join(f"{dtype} ({count} tensors)" for dtype, count in sorted(counts.items())) or "none"
+    compute = "fp16 autocast" if precision == "amp" and device.type == "cuda" else "no autocast"
+    return f"precision {precision} on {device.type}: trainable parameters {tensors}; {compute}"
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices); cudnn deterministic as in the official code."""
     random.seed(seed)
@@ -335,7 +350,7 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def make_test_loaders(data, batch_size: int, num_workers: int, device: torch.device) -> dict[str, DataLoader]:
     """{'test_acc': the test set, 'test_acc_<name>': each extra test set (WebVision: ImageNet val)}."""
     sets = {"test_acc": data.test, **{f"test_acc_{name}": s for name, s in data.extra_tests.items()}}
-    return {key: make_loader(s, batch_size, False, num_workers, device) for key, s in sets.items()}
+    return {key: make_loader(s, batch_size, False, num_workers, device, persistent=True) for key, s in sets.items()}
 
 
 def evaluate(model: nn.Module, loaders: dict[str, DataLoader], precision: str, device: torch.device,

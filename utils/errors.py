@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import sys
 from typing import Callable
@@ -25,7 +26,7 @@ def run_cli(main: Callable[[], object]) -> None:
     Every error that stops a run is also written to the run's log.txt when it has one, so a
     folder left by a failed run says why it failed.
     """
-    from utils import distributed
+    from utils import distributed, run_lock
     from utils.run_dir import RunFinished
 
     try:
@@ -36,11 +37,25 @@ def run_cli(main: Callable[[], object]) -> None:
         _log_to_file(f"error: {err}")
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as err:  # the machine's side (disk full, quota, permissions): one line, no traceback
+        if err.errno is None:
+            raise
+        message = f"error: {os_error_text(err)}"
+        _log_to_file(message)
+        print(message, file=sys.stderr)
+        raise SystemExit(2) from None
     except BaseException as err:
         _log_to_file(f"stopped by {type(err).__name__}: {err}")
         raise
     finally:
+        run_lock.release_all()
         distributed.shutdown()
+
+
+def os_error_text(err: OSError) -> str:
+    """'PATH: cause' of an operating-system error, on one line."""
+    cause = err.strerror or os.strerror(err.errno) if err.errno else str(err)
+    return f"{err.filename}: {cause}" if err.filename else cause
 
 
 def _log_to_file(message: str) -> None:

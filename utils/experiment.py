@@ -13,6 +13,10 @@ Guarantees (README, "Failure behaviour"):
   per-epoch history and the script's state; epochs reseed their RNGs from (seed, epoch).
 - `checkpoint.pt` is read with `torch.load(weights_only=True)`: it holds only tensors, numbers,
   strings, lists and dicts, and a file with any other object is refused, never executed.
+- One process at a time writes a run directory (`utils/run_lock.py`): the lock is taken before the
+  directory's state is read where the folder's parent exists, else when the directory is claimed
+  (and the state is read again then); a second process stops with the holder's name, or waits
+  with --continue.
 Only rank 0 writes; every rank reads the same checkpoint.
 """
 from __future__ import annotations
@@ -35,11 +39,12 @@ from torch.utils.data import DataLoader
 
 from utils import distributed
 from utils.config import Config, read_yaml_file, resume_changes, save_config
-from utils.engine import check_precision, peak_memory_mb, resolve_device, seed_everything
+from utils.engine import check_precision, peak_memory_mb, resolve_device, seed_everything, trained_precision
 from utils.errors import UserError
 from utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from utils.loader import epoch_seed, set_loader_epoch
-from utils.run_dir import CHECKPOINT, CONFIG, LOG, METRICS, SUMMARY, RunState, check_run_dir
+from utils.run_dir import CHECKPOINT, CONFIG, LOG, METRICS, SUMMARY, RunExistsError, RunState, check_run_dir
+from utils.run_lock import RunLock
 
 HISTORY = "config_history.jsonl"  # one line per resume that changed an adjustable key
 
@@ -80,6 +85,25 @@ def make_logger(is_main: bool) -> logging.Logger:
     return logger
 
 
+class _LogFile(logging.FileHandler):
+    """log.txt. A failed write (a full disk) is said once on stderr, not as a traceback per record."""
+
+    failed = False
+
+    def handleError(self, record: Optional[logging.LogRecord]) -> None:
+        if not self.failed:
+            self.failed = True
+            print(f"warning: could not write to {self.baseFilename} ({sys.exc_info()[1]}); the log goes on in "
+                  "the terminal only", file=sys.stderr)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # its last lines could not be flushed either
+            self.handleError(None)
+            logging.Handler.close(self)
+
+
 def _attach_log_file(logger: logging.Logger, path: str) -> None:
     """Log to `path` (appending: a resumed run keeps its history), replaying buffered records."""
     buffered: list[logging.LogRecord] = []
@@ -88,7 +112,7 @@ def _attach_log_file(logger: logging.Logger, path: str) -> None:
             buffered += getattr(handler, "records", [])
             logger.removeHandler(handler)
             handler.close()
-    file_handler = logging.FileHandler(path, encoding="utf-8")
+    file_handler = _LogFile(path, encoding="utf-8")
     file_handler.setFormatter(_FORMAT)
     for record in buffered:
         file_handler.emit(record)
@@ -151,6 +175,13 @@ class Experiment:
         self.is_main = self.dist.rank == 0
         self.log = make_logger(self.is_main)
         self.overwrite = mode == "overwrite"
+        self.mode = mode
+        self._lock = RunLock(self.run_dir)
+        # Where the run's parent folder does not exist yet, the lock waits for the claim: a run that
+        # fails its checks leaves nothing on disk.
+        self._lock_at_claim = not distributed.broadcast_object(os.path.isdir(os.path.dirname(self._lock.path)))
+        if not self._lock_at_claim:
+            self._take_lock(recheck=False)
         self.state = check_run_dir(self.run_dir, mode)  # reads only
         self.resuming = mode in ("resume", "continue") and self.state == RunState.INTERRUPTED
         self.config_changes: dict = {}
@@ -158,6 +189,7 @@ class Experiment:
             saved_config = read_yaml_file(os.path.join(self.run_dir, CONFIG)) or {}
             self.config_changes = resume_changes(saved_config, cfg, os.path.join(self.run_dir, CONFIG))
         self.history: list[dict] = []
+        self.precision_note = ""  # what trains in which dtype, once the model is known (`epochs`)
         self.extra: dict = {}  # script state that must survive a resume (e.g. the last selection)
         self.resumes: list[dict] = []  # resumes that changed adjustable keys (from the checkpoint)
         self._write_dir: Optional[str] = None  # set when claimed; a staging folder while replacing
@@ -166,10 +198,29 @@ class Experiment:
         seed_everything(cfg.seed)
 
     # ------------------------------------------------------------ the directory
+    def _take_lock(self, recheck: bool) -> None:
+        """Rank 0 takes the run lock (waiting for it with --continue); every rank gets its error.
+
+        `recheck`: read the directory's state again once locked, since another process may have
+        written it between `__init__` and now.
+        """
+        def lock() -> None:
+            self._lock.acquire(wait=self.mode == "continue", on_wait=self.log.info)
+            if not recheck:
+                return
+            state = check_run_dir(self.run_dir, self.mode)
+            if state != self.state:
+                raise RunExistsError(f"{self.run_dir} was written by another process while this run was being "
+                                     f"prepared (it was {self.state}, it is {state} now); run the command again")
+        distributed.on_main(lock)
+
     def _claim(self) -> None:
         """Create the directory (or the staging folder that will replace it), config.yaml and log.txt."""
         if self._write_dir is not None:
             return
+        if self._lock_at_claim:
+            self._lock_at_claim = False
+            self._take_lock(recheck=True)
         self._write_dir = self.run_dir
         if not self.is_main:
             return
@@ -183,6 +234,8 @@ class Experiment:
         header = f"{self.script}, {time.strftime('%Y-%m-%d %H:%M:%S')}; world_size: {self.dist.world_size}"
         if self.dist.world_size > 1:
             header += f" (torchrun; batch_size {self.cfg.batch_size} is the global batch)"
+        if self.precision_note:
+            header += "\n" + self.precision_note
         save_config(self.cfg, os.path.join(self._write_dir, CONFIG), header=header)
 
     def _promote(self) -> None:
@@ -215,6 +268,8 @@ class Experiment:
         is saved.
         """
         self._model, self._optimizer, self._scheduler, self._scaler = model, optimizer, scheduler, scaler
+        self.precision_note = trained_precision(model, self.cfg.precision, self.device)
+        self.log.info(self.precision_note)
         first = 1
         if self.resuming:
             first = self._load_checkpoint() + 1
@@ -255,9 +310,12 @@ class Experiment:
             summary["world_size"] = self.dist.world_size
         if self.resumes:
             summary["config_changes"] = self.resumes
+        if self.precision_note:
+            summary["trained_precision"] = self.precision_note
         if self.is_main:
             atomic_write_json(os.path.join(self.run_dir, SUMMARY), summary)
         self.log.info(f"finished: {os.path.join(self.run_dir, SUMMARY)}")
+        self._lock.release()
 
     # ------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, epoch: int) -> None:
@@ -280,7 +338,7 @@ class Experiment:
             fresh_lrs = [group["lr"] for group in self._optimizer.param_groups]  # this run's config
             self._optimizer.load_state_dict(state["optimizer"])
             self._scheduler.load_state_dict(state["scheduler"])
-            self._scaler.load_state_dict(state["scaler"])
+            self._load_scaler(state["scaler"])
         except (KeyError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"{path} does not fit this run's model or optimiser ({type(err).__name__}: "
                                   f"{err}); start the run again with --overwrite") from None
@@ -295,6 +353,18 @@ class Experiment:
             self.log.info(f"resuming a run of world_size {saved_world} with world_size {self.dist.world_size}: "
                           "the global batches are the same")
         return int(state["epoch"])
+
+    def _load_scaler(self, saved: dict) -> None:
+        """The loss scaler's state where the saved run and this one both scale (amp on CUDA).
+
+        `device` may change on resume: a run begun on a CPU (no scaler, an empty saved state)
+        continues on a GPU with a fresh scaler, and a scaler's state is dropped on a CPU.
+        """
+        if saved and self._scaler.is_enabled():
+            self._scaler.load_state_dict(saved)
+        elif saved or self._scaler.is_enabled():
+            self.log.info("the loss scaler " + ("starts afresh: the run was saved without one" if not saved else
+                                                "is not used on this device: its saved state is dropped"))
 
     def _load_model_state(self, saved: dict, path: str) -> None:
         missing = training_state(self._model).keys() - saved.keys()

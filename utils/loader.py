@@ -89,10 +89,14 @@ class Batch:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, device: torch.device,
-                seed: int = 0) -> DataLoader:
+                seed: int = 0, persistent: bool = False) -> DataLoader:
     """A loader over this rank's shard; `batch_size` is the global batch (split over the ranks).
 
     Shuffled loaders draw their order from (seed, epoch) (`set_loader_epoch`); drop_last=False.
+    `persistent`: keep the worker processes between passes, for a loader that is iterated again and
+    again (test and scoring passes) over a dataset that never changes. Not for training loaders: their
+    workers must be forked anew each epoch to see the epoch's complementary labels and augmentation
+    (`set_epoch` changes the dataset in this process) and TURN's new subset.
     """
     world = distributed.world_size()
     if batch_size % world:
@@ -100,7 +104,8 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
                           f"processes ({world}); choose a batch size that is a multiple of {world}")
     sampler = EpochSampler(dataset, shuffle, seed, distributed.rank(), world)
     return DataLoader(dataset, batch_size=batch_size // world, sampler=sampler, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", drop_last=False)
+                      pin_memory=device.type == "cuda", drop_last=False,
+                      persistent_workers=persistent and num_workers > 0)
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
