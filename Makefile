@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test fashion-mnist miniature-tables
+.PHONY: demo test fashion-mnist miniature-tables gpu-check
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -30,3 +30,8 @@ test: $(STAMP) fashion-mnist
 # The miniature's Table 1 and Table 2 (1 h 55 min measured on 2 shared CPU cores; resumable): results/miniature/
 miniature-tables: $(STAMP) fashion-mnist
 	HF_HUB_OFFLINE=1 $(PY) tools/miniature_tables.py
+
+# Run first on a new machine (a few minutes; generated data, no downloads): every script on CPU and,
+# when CUDA is available, in fp32, amp and fp16 on the GPU, compared; then torchrun with 2 processes.
+gpu-check: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) tools/gpu_check.py

@@ -1,4 +1,4 @@
-"""Co-Reg (seed 004): annotation-free training of two networks on CLIP's noisy partial labels.
+"""Co-Reg: annotation-free training of two networks on CLIP's noisy partial labels.
 
     python main_coreg.py --cfg ./config/coreg/cifar10.yaml
     python main_coreg.py --cfg ./config/coreg/cifar100.yaml
@@ -17,6 +17,9 @@
    mixup self-training on strong views (λ_u for the unlabeled set), prototype alignment and
    noisy supervised contrast against a momentum encoder.
 4. Test: each network and their ensemble (sum of logits); best and last epoch.
+The method is Wang, Xie, Zhang, Liu, Xia, "Bridging Weakly-Supervised Learning and VLM Distillation:
+Noisy Partial Label Learning for Efficient Downstream Adaptation"; its maths is in lnl/coreg.py, what
+it does and how it differs from its official code in docs/sister_methods.md.
 """
 from __future__ import annotations
 
@@ -39,17 +42,17 @@ from models.coreg import CoRegNetwork, CoRegPair, build_encoder
 from models.zero_shot import TEMPLATE_SETS
 from utils import distributed
 from utils.config import Config, ConfigError, build_arg_parser, resolve_config
-from utils.coreg import (annotation_metrics, append_loss_history, candidate_sets, contrastive_masks, credibility,
-                         distribution_alignment, max_candidate_loss, mix, mixup_lambda, negative_entropy,
-                         noisy_supcon_loss, partial_cross_entropy, partial_set_targets, prototype_alignment, rampup,
-                         restrict_to_candidates, soft_cross_entropy, squared_error, unlabeled_set_targets,
-                         update_prototypes, with_manual_labels)
+from lnl.coreg import (annotation_metrics, append_loss_history, candidate_sets, co_pseudo_labels, credibility,
+                       distribution_alignment, max_candidate_loss, mean_over_views, mix, mixup_lambda,
+                       negative_entropy, noisy_contrastive_loss, partial_cross_entropy, prototype_alignment, rampup,
+                       restrict_to_candidates, self_training_losses, update_prototypes, with_manual_labels)
 from utils.engine import (LossTerm, StepOutput, accuracy, accuracy_summary, make_grad_scaler, make_optimizer,
                           make_scheduler, predict, train_one_epoch)
-from utils.errors import run_cli
+from utils.cli import run_cli
 from utils.experiment import Experiment
-from utils.gmm import GMMSettings
+from lnl.gmm import GMMSettings
 from utils.loader import Batch, epoch_seed, make_loader, set_loader_epoch
+from utils.methods import run_name
 from utils.run_dir import run_mode, run_path
 
 SCRIPT = "coreg"
@@ -70,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = build_arg_parser(__doc__, flags=()).parse_args(argv)
     cfg = resolve_config(args)
     check_config(cfg)
-    exp = Experiment(cfg, SCRIPT, run_path(cfg, SCRIPT), run_mode(args))
+    exp = Experiment(cfg, SCRIPT, run_path(cfg, run_name(METHOD, cfg)), run_mode(args))
 
     # 1. Data and CLIP's annotation: candidate sets S (N, C); no label of the dataset is used.
     data = build_datasets(cfg)
@@ -299,72 +302,102 @@ class CoRegState:
 
     def co_training_step(self, trainee: CoRegNetwork, partner: CoRegNetwork, division: Division, lambda_u: float,
                          contrast_on: bool):
-        """The step that trains `trainee` on `partner`'s division (see the module docstring, step 3)."""
+        """The step that trains `trainee` on `partner`'s division: the four parts of the paper's Figures 2 and 3."""
         cfg, pair = self.cfg, self.pair
         names = ("x", "u") + (("proto_x", "proto_u", "cont") if contrast_on else ())
 
         def step(batch: Batch, weights_only: bool) -> StepOutput:
             partial = division.is_partial[batch.indices]
             w_partial, w_unlabeled = partial.float(), (~partial).float()
-            weights = {"x": w_partial, "u": w_unlabeled, "proto_x": w_partial, "proto_u": w_unlabeled, "cont": None}
             if weights_only:  # the division was made before the epoch
+                weights = {"x": w_partial, "u": w_unlabeled, "proto_x": w_partial, "proto_u": w_unlabeled,
+                           "cont": None}
                 return StepOutput({name: LossTerm(None, weights[name]) for name in names})
             weak1, weak2, strong1, strong2 = (view.contiguous() for view in batch.images.unbind(dim=1))
-            size = len(batch)
 
-            # Co-pseudo-labels from the weak views (no gradients).
-            with torch.no_grad():
-                own_logits1, own_features1 = trainee(weak1)
-                own = [own_logits1.float().softmax(dim=1), trainee(weak2)[0].float().softmax(dim=1)]
-                other = [partner(view)[0].float().softmax(dim=1) for view in (weak1, weak2)]
-                targets = torch.where(partial.view(-1, 1),
-                                      partial_set_targets(own, division.restricted[batch.indices],
-                                                          division.credibility[batch.indices], cfg.coreg_sharpen_T),
-                                      unlabeled_set_targets(own + other, cfg.coreg_sharpen_T))
-                pseudo_labels = targets.argmax(dim=1)
+            # Co-Pseudo-Labeling (Figure 2): the other network's division fuses both networks' weak-view predictions.
+            own, other, weak_features = weak_view_predictions(trainee, partner, weak1, weak2)
+            targets = co_pseudo_labels(own, other, division.restricted[batch.indices],
+                                       division.credibility[batch.indices], partial, cfg.coreg_sharpen_T)
+            pseudo_labels = targets.argmax(dim=1)
 
-            # Self-training: mixup of the two strong views of every sample (rows 0..b-1 and b..2b-1).
-            lam = mixup_lambda(cfg.coreg_mixup_alpha)
-            partners = torch.randperm(2 * size, device=batch.images.device)
-            row_targets = torch.cat([targets, targets])
-            logits, features = trainee(mix(torch.cat([strong1, strong2]), partners, lam))
-            mixed_targets = mix(row_targets, partners, lam)
-            terms = {"x": LossTerm(_per_sample(soft_cross_entropy(logits, mixed_targets)), w_partial),
-                     "u": LossTerm(lambda_u * _per_sample(squared_error(logits, mixed_targets)), w_unlabeled)}
+            # Self-training on the mixed-up strong views: soft CE (partial set), λ_u·squared error (unlabeled set).
+            mixed = mixup_forward(trainee, strong1, strong2, targets, cfg.coreg_mixup_alpha)
+            loss_x, loss_u = self_training_losses(mixed.logits, mixed.targets)
+            terms = {"x": LossTerm(loss_x, w_partial), "u": LossTerm(lambda_u * loss_u, w_unlabeled)}
 
-            # Prototypes: EMA of the partial set's weak-view features by pseudo-label (shared by both networks).
-            keep = partial & batch.valid
-            gathered = [distributed.interleave_ranks(t) for t in (own_features1.float(), pseudo_labels, keep)]
-            with torch.no_grad():
-                pair.prototypes.copy_(update_prototypes(pair.prototypes, gathered[0][gathered[2]],
-                                                        gathered[1][gathered[2]], cfg.coreg_proto_momentum))
+            # Prototypical similarity alignment: prototypes from the weak views, aligned with the strong ones.
+            update_shared_prototypes(pair, weak_features, pseudo_labels, partial & batch.valid,
+                                     cfg.coreg_proto_momentum)
             if contrast_on:
-                kl, se = prototype_alignment(features @ pair.prototypes.t(), row_targets, row_targets[partners], lam,
-                                             cfg.coreg_proto_temperature)
-                terms["proto_x"] = LossTerm(cfg.coreg_proto_weight * _per_sample(kl), w_partial)
-                terms["proto_u"] = LossTerm(cfg.coreg_proto_weight * cfg.coreg_lambda_u * _per_sample(se), w_unlabeled)
-                _, queries = trainee(strong1)
+                kl, se = prototype_alignment(mixed.features @ pair.prototypes.t(), mixed.row_targets,
+                                             mixed.row_targets[mixed.partners], mixed.lam, cfg.coreg_proto_temperature)
+                terms["proto_x"] = LossTerm(cfg.coreg_proto_weight * mean_over_views(kl), w_partial)
+                terms["proto_u"] = LossTerm(cfg.coreg_proto_weight * cfg.coreg_lambda_u * mean_over_views(se),
+                                            w_unlabeled)
 
-            # Noisy supervised contrast against the momentum encoder's keys and queue.
+            # Noisy supervised contrast: strong view 1's queries against the momentum encoder's keys and queue.
+            queries = trainee(strong1)[1] if contrast_on else None  # no query pass before the contrastive start
             keys = trainee.key_features(strong2, cfg.coreg_key_momentum)
             if contrast_on:
-                features_all = torch.cat([queries, keys, trainee.queue.clone()])
-                labels_all = torch.cat([pseudo_labels, pseudo_labels, trainee.queue_labels.clone()])
-                partial_all = torch.cat([partial, partial, trainee.queue_partial.clone()])
-                positives, ignored = contrastive_masks(labels_all, partial_all, size)
-                terms["cont"] = LossTerm(cfg.coreg_contrast_weight * noisy_supcon_loss(
-                    features_all, positives, ignored, size, cfg.coreg_contrast_temperature))
-            gathered_keys = [distributed.interleave_ranks(t) for t in (keys, pseudo_labels, partial, batch.valid)]
-            valid = gathered_keys[3]
-            trainee.enqueue(gathered_keys[0][valid], gathered_keys[1][valid], gathered_keys[2][valid])
+                terms["cont"] = LossTerm(cfg.coreg_contrast_weight * noisy_contrastive_loss(
+                    queries, keys, pseudo_labels, partial, trainee.queue, trainee.queue_labels,
+                    trainee.queue_partial, cfg.coreg_contrast_temperature))
+            enqueue_keys(trainee, keys, pseudo_labels, partial, batch.valid)
             return StepOutput(terms, per_sample={"pseudo_label": pseudo_labels})
 
         return step
 
 
-def _per_sample(rows: torch.Tensor) -> torch.Tensor:
-    """(2b,) values of the two strong-view rows of each sample -> (b,) their mean."""
-    return rows.view(2, -1).mean(dim=0)
+# ---------------------------------------------------------------- the parts of a co-training step
+@dataclass
+class MixedViews:
+    """The trainee's outputs on the mixed-up strong views: row i mixes view 1 of sample i, row b + i view 2."""
+
+    logits: torch.Tensor  # (2b, C)
+    features: torch.Tensor  # (2b, d′) projected, normalised
+    row_targets: torch.Tensor  # (2b, C) each row's own co-pseudo-label, before mixing
+    targets: torch.Tensor  # (2b, C) the mixed co-pseudo-labels
+    partners: torch.Tensor  # (2b,) the row each row is mixed with
+    lam: float  # the mixing weight l
+
+
+@torch.no_grad()
+def weak_view_predictions(trainee: CoRegNetwork, partner: CoRegNetwork, weak1: torch.Tensor,
+                          weak2: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Each network's predictions on the two weak views, and the trainee's projected features of view 1."""
+    own_logits1, own_features1 = trainee(weak1)
+    own = [own_logits1.float().softmax(dim=1), trainee(weak2)[0].float().softmax(dim=1)]
+    other = [partner(view)[0].float().softmax(dim=1) for view in (weak1, weak2)]
+    return own, other, own_features1
+
+
+def mixup_forward(trainee: CoRegNetwork, strong1: torch.Tensor, strong2: torch.Tensor, targets: torch.Tensor,
+                  alpha: float) -> MixedViews:
+    """Mixup of the 2b strong views among themselves (l from Beta(α, α)), through the trainee, with their targets."""
+    lam = mixup_lambda(alpha)
+    partners = torch.randperm(2 * len(targets), device=strong1.device)
+    row_targets = torch.cat([targets, targets])
+    logits, features = trainee(mix(torch.cat([strong1, strong2]), partners, lam))
+    return MixedViews(logits, features, row_targets, mix(row_targets, partners, lam), partners, lam)
+
+
+def update_shared_prototypes(pair: CoRegPair, weak_features: torch.Tensor, pseudo_labels: torch.Tensor,
+                             keep: torch.Tensor, momentum: float) -> None:
+    """EMA of the prototypes both networks share with the kept samples' weak-view features, by pseudo-label.
+
+    Gathered over the ranks in sample order, so every rank makes the same update.
+    """
+    features, labels, kept = (distributed.interleave_ranks(t) for t in (weak_features.float(), pseudo_labels, keep))
+    with torch.no_grad():
+        pair.prototypes.copy_(update_prototypes(pair.prototypes, features[kept], labels[kept], momentum))
+
+
+def enqueue_keys(net: CoRegNetwork, keys: torch.Tensor, pseudo_labels: torch.Tensor, is_partial: torch.Tensor,
+                 valid: torch.Tensor) -> None:
+    """Push the batch's momentum keys with their pseudo-labels and division into the queue (all ranks' keys)."""
+    keys, labels, partial, valid = (distributed.interleave_ranks(t) for t in (keys, pseudo_labels, is_partial, valid))
+    net.enqueue(keys[valid], labels[valid], partial[valid])
 
 
 def _mean(values: torch.Tensor) -> Optional[float]:

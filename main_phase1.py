@@ -20,12 +20,13 @@ from utils.clean_mask import mask_metadata as shared_mask_metadata, save_clean_m
 from utils.config import Config, build_arg_parser, resolve_config
 from utils.engine import (LossTerm, StepOutput, accuracy_summary, evaluate, make_grad_scaler, make_optimizer,
                           make_scheduler, make_test_loaders, predict, train_one_epoch)
-from utils.errors import run_cli
+from utils.cli import run_cli
 from utils.experiment import Experiment
 from utils.loader import Batch, make_loader
-from utils.losses import deft_phase1_loss
+from lnl.losses import deft_phase1_loss
+from utils.methods import run_name
 from utils.run_dir import run_mode, run_path
-from utils.selection import dual_prompt_selection, mask_scores, pair_probabilities, selection_record
+from lnl.selection import dual_prompt_selection, mask_scores, pair_probabilities, selection_record
 
 SCRIPT = "phase1"
 
@@ -35,7 +36,8 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
     """Run phase 1 and return its summary (`defaults`: config values applied before the YAML)."""
     args = build_arg_parser(description or __doc__, flags=("noise_mode", "noise_ratio")).parse_args(argv)
     cfg = resolve_config(args, defaults)
-    exp = Experiment(cfg, script, run_path(cfg, script), run_mode(args))
+    exp = Experiment(cfg, script, run_path(cfg, run_name("DeFT", cfg, real=script.startswith("real_"))),
+                     run_mode(args))
 
     # 1. Data: the noisy training set (given labels) and, where known, which labels are truly clean.
     data = build_datasets(cfg)

@@ -27,29 +27,30 @@ from utils.clean_mask import MASK_FILE, load_clean_mask, mask_metadata_path, mas
 from utils.config import build_arg_parser, resolve_config
 from utils.engine import (LossTerm, StepOutput, accuracy_summary, evaluate, make_grad_scaler, make_optimizer,
                           make_scheduler, make_test_loaders, train_one_epoch)
-from utils.errors import run_cli
+from utils.cli import run_cli
 from utils.experiment import Experiment
 from utils.loader import Batch, make_loader
+from utils.methods import adaptation_run_name, run_name
 from utils.run_dir import run_mode, run_path
 
 SCRIPT = "phase2"
 
 
-def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, mask_script: str = "phase1",
-         defaults: Optional[dict] = None, description: Optional[str] = None) -> dict:
+def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: Optional[dict] = None,
+         description: Optional[str] = None) -> dict:
     """Run phase 2 and return its summary (`defaults`: config values applied before the YAML)."""
     parser = build_arg_parser(description or __doc__, flags=("noise_mode", "noise_ratio", "backbone", "clean_mask"))
     args = parser.parse_args(argv)
     cfg = resolve_config(args, defaults)
-    mask_path = cfg.clean_mask or os.path.join(run_path(cfg, mask_script), MASK_FILE)
+    real = script.startswith("real_")
+    mask_path = cfg.clean_mask or os.path.join(run_path(cfg, run_name("DeFT", cfg, real=real)), MASK_FILE)
     cfg = pin_subsample(cfg, mask_metadata_path(mask_path))  # Clothing1M: exactly phase 1's subsample
     # A timm backbone, PEFT adaptation (a PEFT YAML: the Figure 3 ablation) or a baseline's mask
     # (GMM, TURN, ...) gets its own run: phase2_resnet_from_gmm/..., phase2_peft/...
     method = mask_method(mask_path)
-    mask_suffix = "" if method in (None, "DeFT") else f"_from_{method.lower()}"
     adaptation = "FFT" if cfg.finetune or not is_clip_backbone(cfg.backbone) else "PEFT"
-    run_name = script + backbone_run_suffix(cfg.backbone) + ("_peft" if adaptation == "PEFT" else "") + mask_suffix
-    exp = Experiment(cfg, script, run_path(cfg, run_name), run_mode(args))
+    name = adaptation_run_name(backbone_run_suffix(cfg.backbone), adaptation == "PEFT", method, real)
+    exp = Experiment(cfg, script, run_path(cfg, name), run_mode(args))
 
     # 1. Data, and the clean mask checked against it (same dataset, size, noise and labels).
     data = build_datasets(cfg, normalization=backbone_normalization(cfg))

@@ -5,7 +5,7 @@
     python main_real_phase1.py --cfg ./config/PEFT/webvision.yaml
 
 The same code path as main_phase1.py, started with the defaults of the official real-noise
-script (official-behaviour.md §1.2); each is a config key the YAML or --opts may change:
+script (HotanLee/DeFT main_real_phase1.py:49-71); each is a config key the YAML or --opts may change:
   select_requires_argmax: true     a sample is clean when p_yes[i, given_i] > 0.5 AND
                                    argmax_c p_yes[i, c] == given_i
   warmup_loss: sce                 symmetric cross-entropy (alpha = beta = 1) during warm-up
@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import main_phase1
-from utils.errors import run_cli
+from utils.cli import run_cli
 
 SCRIPT = "real_phase1"
 REAL_NOISE_DEFAULTS = {"select_requires_argmax": True, "warmup_loss": "sce", "noisy_prompt_labels_until": 1,

@@ -5,7 +5,7 @@
     python main_real_phase2.py --cfg ./config/FFT/webvision.yaml
 
 The same code path as main_phase2.py, with the official real-noise script's behaviour as defaults
-(official-behaviour.md §1.4), applied before the YAML so the YAML or --opts may change them:
+(HotanLee/DeFT main_real_phase2.py:24, :119-128), applied before the YAML so the YAML or --opts may change them:
   epochs: 5                 the official script forces 5 epochs over the YAML's 10 (our real-noise
                             FFT YAMLs therefore leave `epochs` unset; the baselines get the default 10)
   lr_schedule: constant     the official script never steps its scheduler
@@ -18,8 +18,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import main_phase2
-from main_real_phase1 import SCRIPT as MASK_SCRIPT
-from utils.errors import run_cli
+from utils.cli import run_cli
 
 SCRIPT = "real_phase2"
 REAL_NOISE_DEFAULTS = {"epochs": 5, "lr_schedule": "constant"}
@@ -27,7 +26,7 @@ REAL_NOISE_DEFAULTS = {"epochs": 5, "lr_schedule": "constant"}
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Run phase 2 with the real-noise defaults and return its summary."""
-    return main_phase2.main(argv, script=SCRIPT, mask_script=MASK_SCRIPT, defaults=REAL_NOISE_DEFAULTS,
+    return main_phase2.main(argv, script=SCRIPT, defaults=REAL_NOISE_DEFAULTS,
                             description=__doc__)
 
 

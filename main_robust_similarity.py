@@ -1,11 +1,11 @@
-"""Robust Similarity (seed 002): a prompt matrix on a frozen CLIP, trained on the samples whose
+"""Robust Similarity: a prompt matrix on a frozen CLIP, trained on the samples whose
 robust similarity G = α·(prompt similarity) + (1 - α)·(feature similarity) is high.
 
     python main_robust_similarity.py --cfg ./config/robust_similarity/dtd.yaml --noise_mode sym --noise_ratio 0.125
     python main_robust_similarity.py --cfg ./config/robust_similarity/dtd.yaml --noise_mode sym --noise_ratio 0.5 \\
         --opts rs_blocks=4
 
-The seed's ablation: DTD, 16 shots per class (PTNL protocol), noise 0 / 12.5 / 25 / 50 %, m = 1 / 2 / 4 / 6.
+The Robust Similarity paper's ablation: DTD, 16 shots per class (PTNL protocol), noise 0 / 12.5 / 25 / 50 %, m = 1 / 2 / 4 / 6.
 Per run: (1) frozen image features of every training image, grouped by noisy label -> feature
 similarity g (minus the mean distance to the own group, normalised); (2) every epoch: prompt
 similarity ỹ of the m blocks (ensembled) on the same features, G = α·ỹ + (1 - α)·g with
@@ -26,14 +26,15 @@ from utils.clean_mask import mask_metadata, save_clean_mask
 from utils.config import Config, ConfigError, build_arg_parser, resolve_config
 from utils.engine import (LossTerm, StepOutput, accuracy_summary, evaluate, make_grad_scaler, make_optimizer,
                           make_scheduler, make_test_loaders, predict, train_one_epoch)
-from utils.errors import run_cli
+from utils.cli import run_cli
 from utils.experiment import Experiment
-from utils.gmm import GMMSettings
+from lnl.gmm import GMMSettings
 from utils.loader import Batch, epoch_seed, make_loader
-from utils.robust_similarity import (alpha_schedule, block_loss, ensemble_probabilities, feature_distance,
+from lnl.robust_similarity import (alpha_schedule, block_loss, ensemble_probabilities, feature_distance,
                                      feature_similarity, filter_samples, prompt_similarity, robust_similarity)
+from utils.methods import run_name
 from utils.run_dir import run_mode, run_path
-from utils.selection import clean_auroc, mask_scores, selection_record
+from lnl.selection import clean_auroc, mask_scores, selection_record
 
 SCRIPT = "robust_similarity"
 METHOD = "RobustSimilarity"
@@ -55,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = build_arg_parser(__doc__, flags=("noise_mode", "noise_ratio")).parse_args(argv)
     cfg = resolve_config(args)
     check_config(cfg)
-    exp = Experiment(cfg, SCRIPT, run_path(cfg, SCRIPT), run_mode(args))
+    exp = Experiment(cfg, SCRIPT, run_path(cfg, run_name("RobustSimilarity", cfg)), run_mode(args))  # m in the name
 
     # 1. Data: the noisy (few-shot) training set; true labels only score the selection.
     data = build_datasets(cfg)

@@ -2,7 +2,7 @@
 
     python main_small_loss.py --cfg ./config/PEFT/cifar100.yaml --noise_mode sym --noise_ratio 0.2
 
-The official "coteaching" baseline (official-behaviour.md §1.5, §4.1): one network, no cross
+The official "coteaching" baseline (HotanLee/DeFT main_small_loss.py:41-54, :141-146): one network, no cross
 update. Each batch keeps its int((1 - τ_e)·B) smallest cross-entropy losses and trains on their
 mean; τ_e ramps linearly from 0 over the warm-up epochs to the forget rate. The forget rate is the
 **oracle** noise ratio (halved for `str`), as in the paper, unless `forget_rate` is set. Each sample
@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from datasets import build_datasets
@@ -24,11 +23,12 @@ from utils.clean_mask import mask_metadata, save_clean_mask
 from utils.config import build_arg_parser, resolve_config
 from utils.engine import (LossTerm, StepOutput, accuracy_summary, evaluate, make_grad_scaler, make_optimizer,
                           make_scheduler, make_test_loaders, train_one_epoch)
-from utils.errors import run_cli
+from utils.cli import run_cli
 from utils.experiment import Experiment
 from utils.loader import Batch, make_loader
+from utils.methods import run_name
 from utils.run_dir import run_mode, run_path
-from utils.selection import (forget_rate_schedule, mask_scores, oracle_forget_rate, selection_record,
+from lnl.selection import (forget_rate_schedule, mask_scores, oracle_forget_rate, selection_record,
                              small_loss_selection)
 
 SCRIPT = "small_loss"
@@ -40,8 +40,8 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
     """Run the small-loss baseline and return its summary."""
     args = build_arg_parser(description or __doc__, flags=("noise_mode", "noise_ratio")).parse_args(argv)
     cfg = resolve_config(args, defaults)
-    run_name = script + backbone_run_suffix(cfg.backbone)
-    exp = Experiment(cfg, script, run_path(cfg, run_name), run_mode(args))
+    exp = Experiment(cfg, script, run_path(cfg, run_name("SmallLoss", cfg, backbone_run_suffix(cfg.backbone))),
+                     run_mode(args))
 
     # 1. Data.
     data = build_datasets(cfg, normalization=backbone_normalization(cfg))

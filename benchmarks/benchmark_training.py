@@ -41,7 +41,7 @@ from torch.utils.data import TensorDataset  # noqa: E402
 
 from utils.engine import LossTerm, StepOutput, make_grad_scaler, resolve_device, train_one_epoch  # noqa: E402
 from utils.loader import Batch, make_loader  # noqa: E402
-from utils.losses import deft_phase1_loss  # noqa: E402
+from lnl.losses import deft_phase1_loss  # noqa: E402
 
 MEASUREMENTS = ("phase1-ours", "phase1-official", "phase2")
 

@@ -5,7 +5,7 @@ Key files (in `data_path` or `data_path/annotations`): `noisy_label_kv.txt` and
 `clean_test_key_list.txt`. Images: `data_path/images/<a>/<b>/<c>.jpg`, or, as the official loader
 reads them, `data_path/<a>/<b>/<c>.jpg` (the key's "images/" prefix stripped).
 
-Training set (official §3.5, after DivideMix): shuffle the noisy training keys, walk them and
+Training set (HotanLee/DeFT dataloader/dataloader_clothing1M.py:46-54, after DivideMix): shuffle the noisy training keys, walk them and
 accept an image while its class has fewer than num_samples / C accepted and the total is below
 num_samples, then shuffle the accepted list. The official code draws on the global `random`
 seeded with the training seed and ties num_samples to 1000 x batch_size; here the draw uses its

@@ -1,4 +1,4 @@
-"""CUB-200-2011 from its own key files (official §3.2).
+"""CUB-200-2011 from its own key files (HotanLee/DeFT@dafcc14 dataloader/dataloader_cub.py:102-116).
 
 `images.txt` (id, relative path), `image_class_labels.txt` (id, 1-based class) and
 `train_test_split.txt` (id, is_train) are joined on the image id in `images.txt` order; images

@@ -1,4 +1,4 @@
-"""Describable Textures (DTD) from its official split files (the Robust Similarity seed's dataset).
+"""Describable Textures (DTD) from its official split files (the Robust Similarity paper's dataset).
 
 The archive `dtd-r1.0.1.tar.gz` unpacks to `dtd/images/<class>/<class>_NNNN.jpg` and
 `dtd/labels/{train,val,test}<k>.txt`, k = 1..10, each line a path relative to `images/`

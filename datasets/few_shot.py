@@ -1,7 +1,7 @@
 """Few-shot training sets drawn from the noisy training set (the PTNL / CoOp protocol).
 
 PTNL (Wu et al., ICCV 2023) prompt-tunes on k shots per class, a fixed number of which carry a
-wrong label ("false positives per class"); the Robust Similarity seed's ablation uses 16 shots on
+wrong label ("false positives per class"); the Robust Similarity paper's ablation uses 16 shots on
 DTD with 0 / 12.5 / 25 / 50 % noise, i.e. 0 / 2 / 4 / 8 wrong labels per class. Here the noise is
 made on the whole training set first (any noise mode), then each *given* class keeps k samples:
 `exact` takes round(k · noise_ratio) of them among its wrongly labelled samples and the rest among

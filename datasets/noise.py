@@ -1,7 +1,7 @@
 """Synthetic label noise, reproducing the official generators with local RNGs, and its cache.
 
 sym / asym / str and the class-pair variants replay the official Python-`random` call order
-(official-behaviour §3.8), so the same seed gives the same labels as the official code. idn
+(HotanLee/DeFT dataloader/dataloader_cifar.py:74-105), so the same seed gives the same labels as the official code. idn
 follows Xia et al. 2020 as the official code does, but on a private NumPy RandomState.
 """
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from utils.config import NOISE_MODES
 from utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 # Bump when a change makes the same (mode, ratio, seed, options) give different labels.
 GENERATOR_VERSION = 1
-NOISE_MODES = ("none", "sym", "asym", "str", "idn", "asym_cifar10", "asym_cifar100")
 # Classic CIFAR-10 pairs: truck->automobile, bird->airplane, deer->horse, cat<->dog.
 CIFAR10_ASYM_PAIRS = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
 _IDN_STD = 0.1  # std of the per-sample flip rate, as in Xia et al. and the official code
@@ -46,7 +46,7 @@ def make_noisy_labels(true_labels: np.ndarray, num_classes: int, mode: str, rati
                       sym_exclude_true: bool = False,
                       coarse_labels: np.ndarray | None = None,
                       str_flip: str = "random") -> np.ndarray:
-    """Return int64 noisy labels for `mode` at noise ratio `ratio` (official §3.8 semantics).
+    """Return int64 noisy labels for `mode` at noise ratio `ratio` (as HotanLee/DeFT dataloader/dataloader_cifar.py:74-105).
 
     str_flip: what `str` does to a noise-set sample of a noise class: "random" redraws it
     uniformly (official CIFAR), "cyclic" flips it to y+1 (official Stanford Cars / Tiny-ImageNet).

@@ -15,7 +15,7 @@ _AUGMENTATION_SALT = 0x5EED  # augmentation keys differ from complementary-label
 
 def complementary_labels(given_labels: np.ndarray | int, num_classes: int, seed: int,
                          epoch: int, indices: np.ndarray | int) -> np.ndarray:
-    """Draw a label uniformly from the C-1 classes other than the given one (official §3.7).
+    """Draw a label uniformly from the C-1 classes other than the given one (HotanLee/DeFT dataloader/dataloader_cifar.py:134-136).
 
     The draw is a hash of (seed, epoch, index), so it does not depend on worker count or order.
     """
@@ -50,7 +50,7 @@ def array_to_pil(image: Any) -> Image.Image:
 
 
 class NoisyLabelDataset(Dataset):
-    """Images with given labels; returns the tuples of the official loaders (§3.1).
+    """Images with given labels; returns the tuples of the official loaders (HotanLee/DeFT dataloader/dataloader_cifar.py:129-147).
 
     mode "train": (img, given, complementary, index); "eval": (img, given, given, index);
     "test": (img, label). Complementary labels change with set_epoch(); DataLoader workers

@@ -1,4 +1,4 @@
-"""Stanford Cars (196 classes) in class-folder layout (official §3.3).
+"""Stanford Cars (196 classes) in class-folder layout (HotanLee/DeFT@dafcc14 dataloader/dataloader_stanford_cars.py:119-131).
 
 `train/<class name>/*.jpg` and `test/<class name>/*.jpg`. Class index = position of the folder
 name in sorted order (Python string sort, so 'smart fortwo ...' comes last), and the folder names

@@ -5,7 +5,8 @@ from typing import Callable, Sequence
 
 import torchvision.transforms as T
 
-# (mean, std) per statistics set, as in the official loaders (official-behaviour §3.1-§3.6).
+# (mean, std) per statistics set, as in the official loaders (HotanLee/DeFT dataloader/dataloader_cifar.py:236,
+# :249; dataloader_stanford_cars.py:44-45; dataloader_cub.py:50; dataloader_clothing1M.py:91; dataloader_webvision.py:95).
 NORMALIZATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276)),
@@ -46,8 +47,9 @@ def _resize_size(resolution: int) -> int:
 
 def folder_transforms(resolution: int, mean: Sequence[float],
                       std: Sequence[float]) -> tuple[Callable, Callable]:
-    """CUB-200-2011, Stanford Cars, Tiny-ImageNet (official §3.2-3.4): train Resize((256, 256)),
-    RandomCrop(224), flip; test Resize((224, 224)) without a crop."""
+    """CUB-200-2011, Stanford Cars, Tiny-ImageNet: train Resize((256, 256)), RandomCrop(224), flip;
+    test Resize((224, 224)) without a crop (HotanLee/DeFT dataloader/dataloader_cub.py:44-57,
+    dataloader_stanford_cars.py:46-59, dataloader_tiny_imagenet.py:44-57)."""
     size = _resize_size(resolution)
     finish = [T.ToTensor(), T.Normalize(mean, std)]
     train = T.Compose([T.Resize((size, size)), T.RandomCrop(resolution), T.RandomHorizontalFlip(), *finish])
@@ -57,7 +59,7 @@ def folder_transforms(resolution: int, mean: Sequence[float],
 
 def clothing1m_transforms(resolution: int, mean: Sequence[float],
                           std: Sequence[float]) -> tuple[Callable, Callable]:
-    """Clothing1M (official §3.5): shorter side to 256, RandomCrop(224) and flip for training,
+    """Clothing1M (HotanLee/DeFT dataloader/dataloader_clothing1M.py:86-98): shorter side to 256, RandomCrop(224) and flip for training,
     CenterCrop(224) for testing."""
     size = _resize_size(resolution)
     finish = [T.ToTensor(), T.Normalize(mean, std)]
@@ -68,7 +70,7 @@ def clothing1m_transforms(resolution: int, mean: Sequence[float],
 
 def webvision_transforms(resolution: int, mean: Sequence[float],
                          std: Sequence[float]) -> tuple[Callable, Callable]:
-    """WebVision and its ImageNet val (official §3.6): Resize((256, 256)), then RandomCrop(224) and
+    """WebVision and its ImageNet val (HotanLee/DeFT dataloader/dataloader_webvision.py:90-108): Resize((256, 256)), then RandomCrop(224) and
     flip for training, CenterCrop(224) for testing."""
     size = _resize_size(resolution)
     finish = [T.ToTensor(), T.Normalize(mean, std)]

@@ -1,4 +1,4 @@
-"""Mini-WebVision (official §3.6): the Google subset of WebVision 1.0, first `num_class` classes,
+"""Mini-WebVision (HotanLee/DeFT dataloader/dataloader_webvision.py:47-58): the Google subset of WebVision 1.0, first `num_class` classes,
 tested on the WebVision validation set and on the ImageNet (ILSVRC2012) validation images of the
 same classes.
 

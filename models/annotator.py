@@ -1,9 +1,9 @@
-"""CLIP as an annotator (Co-Reg, seed 004): per-template zero-shot predictions and their cache.
+"""CLIP as an annotator (Co-Reg): per-template zero-shot predictions and their cache.
 
 Each prompt template is filled with every class name and encoded by the text tower; an image's
 distribution under template t is softmax(s · z · t_cᵀ) over the classes (Figure 1 of the paper).
 What is kept per image: the top-1 label of every template (T, N) and the template-averaged
-distribution (N, C), from which `utils.coreg.candidate_sets` builds the candidate sets, plus the
+distribution (N, C), from which `lnl.coreg.candidate_sets` builds the candidate sets, plus the
 averaged distribution on the test images (the annotator's own test accuracy). Annotating is the
 expensive part (one image pass, T·C captions), so it is cached on disk with what it depends on.
 """
@@ -21,7 +21,6 @@ from torch import nn
 
 from models.zero_shot import class_captions
 from utils import distributed
-from utils.coreg import template_probabilities
 from utils.errors import UserError
 from utils.io import atomic_torch_save, atomic_write_json
 
@@ -43,6 +42,13 @@ class Annotation:
 
 
 @torch.no_grad()
+
+def template_probabilities(image_features: torch.Tensor, text_features: torch.Tensor,
+                           logit_scale: float) -> torch.Tensor:
+    """(N, D) image and (T, C, D) text features (both normalised) -> (T, N, C) per-template softmax."""
+    logits = logit_scale * torch.einsum("nd,tcd->tnc", image_features.float(), text_features.float())
+    return logits.softmax(dim=-1)
+
 def template_text_features(clip_model: nn.Module, tokenizer: Callable, class_names: Sequence[str],
                            templates: Sequence[str]) -> torch.Tensor:
     """(T, C, D) normalised text features, one row of classes per template."""

@@ -1,6 +1,6 @@
 """Phase-2 (and baseline) CLIP classifier: the visual tower, a tuner, and a new linear head.
 
-The head reads the un-projected CLS feature f(x) (official-behaviour.md §1.3, §2.4). It starts
+The head reads the un-projected CLS feature f(x) (HotanLee/DeFT model/CLIP.py:268-270). It starts
 from PyTorch's default Linear init (official) or from zero-shot text features (`head_init: text`,
 W = T·Pᵀ so that head(f) = T·(fP)ᵀ, the zero-shot classifier before normalisation).
 """

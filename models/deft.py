@@ -1,6 +1,6 @@
 """The DeFT phase-1 model: a PEFT-tuned CLIP image encoder against dual (positive/negative) prompts.
 
-pos_logits = s·z·t+ᵀ and neg_logits = s·sg(z)·t-ᵀ (official-behaviour.md §1.1 step 1, §2.6),
+pos_logits = s·z·t+ᵀ and neg_logits = s·sg(z)·t-ᵀ (HotanLee/DeFT model/CLIP.py:262-263),
 with z the normalised projected image feature and s = exp(logit_scale), frozen.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Parameter-efficient tuning of the open_clip image encoder (DeFT's `ViT_Tuner`).
 
 `CLIPImageEncoder` wraps an open_clip `VisionTransformer` and returns the un-projected CLS
-feature f(x) = ln_post(x[:, 0]) (official-behaviour.md §2.2). When PEFT modules are active the
+feature f(x) = ln_post(x[:, 0]) (HotanLee/DeFT model/CLIP.py:228). When PEFT modules are active the
 residual blocks are run by our own block forward, which exposes the hook points of the official
 code (LIFT's design):
 
@@ -10,8 +10,9 @@ code (LIFT's design):
     -> ls_2 -> residual
 
 with optional VPT prompts appended after the patch tokens at the start of a layer. The modules
-and their initialisations follow §2.3; every new parameter is created in the dtype and on the
-device of the visual weights (§2.8). Two switches deviate from / extend the official code:
+and their initialisations follow HotanLee/DeFT model/peft_modelus.py; every new parameter is
+created in the dtype and on the device of the visual weights (HotanLee/DeFT model/CLIP.py:16).
+Two switches deviate from / extend the official code:
 `adapter_mode` ("residual" x + A(x) is our default, "replace" x = A(x) is the official) and
 `finetune_scope` ("blocks" is the official, "all" also trains the stem, ln_post and proj).
 """
@@ -221,9 +222,6 @@ class CLIPImageEncoder(nn.Module):
             params += list(scope.parameters())
         return list(_unique(params))
 
-    def num_tuner_parameters(self) -> int:
-        return sum(p.numel() for p in self.tuner_parameters())
-
     def configure_trainable(self) -> None:
         """Freeze every parameter, then unfreeze exactly `tuner_parameters()`."""
         for p in self.parameters():
@@ -261,7 +259,7 @@ class CLIPImageEncoder(nn.Module):
         return features @ self.visual.proj
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Patchify, prepend the class token, add positions, patch dropout, ln_pre (§2.2 step 2)."""
+        """Patchify, prepend the class token, add positions, patch dropout, ln_pre (HotanLee/DeFT model/CLIP.py:125-131)."""
         visual = self.visual
         x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, width, gh, gw)
         x = x.flatten(2).transpose(1, 2)  # (B, grid tokens, width)

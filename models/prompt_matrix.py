@@ -3,8 +3,8 @@
 Block b has its own `n_ctx` context vectors (CoOp; shared by the classes, or one set per class
 with `ctx_per_class`), drawn from N(0, 0.02²), followed by the class name: "[ctx_b] name.".
 The m·C prompts go through CLIP's frozen text tower in one batch; each block b is a classifier
-logits_b = s · z · t_bᵀ over the frozen, normalised image feature z (seed 002, "Prompt
-Similarities By Matrix Learners", steps 1-2). Only the contexts train.
+logits_b = s · z · t_bᵀ over the frozen, normalised image feature z (Robust Similarity,
+"Prompt Similarities By Matrix Learners", steps 1-2). Only the contexts train.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Each polarity has `n_ctx` context vectors shared by all classes (CoOp, class-shared), drawn from
 N(0, 0.02²); the class name follows ("end"), sits in the middle, or comes first
-(official-behaviour.md §2.5). Positive and negative prompts of all C classes are encoded in one
+(HotanLee/DeFT model/text_encoder.py:50-53, :94-148). Positive and negative prompts of all C classes are encoded in one
 batch of 2C sequences, cut after the longest real prompt: under the causal mask the tokens up to
 the end-of-text token never see the padding, so the result equals the 77-token pass.
 """

@@ -1,4 +1,4 @@
-"""Phase-2 backbones from timm (official-behaviour.md §6) and how each one trains.
+"""Phase-2 backbones from timm (HotanLee/DeFT main_phase2.py:109-123) and how each one trains.
 
 `backbone` names a CLIP model (`clip` = the official `ViT-B/16`, any official or open_clip name),
 one of the official timm aliases `vit`, `resnet`, `convnext`, `mae`, or any other timm model name
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from models.clip_loader import OFFICIAL_BACKBONES, PretrainedWeightsError
-from utils.config import Config
+from utils.config import TIMM_ALIASES, Config
 from utils.errors import UserError, weight_file_error_detail
 
 CLIP_ALIAS = "clip"
@@ -40,13 +40,13 @@ class TimmBackbone:
     momentum: float = 0.0
 
 
-OFFICIAL_TIMM_BACKBONES = {
-    "vit": TimmBackbone("vit_base_patch16_224.augreg_in1k", "./model/weights/vit.npz", "sgd", 1e-2, 1e-5),
-    "resnet": TimmBackbone("resnet50.a1_in1k", "./model/weights/resnet.pth", "adamw", 1e-3, 1e-5),
-    "convnext": TimmBackbone("convnext_tiny.fb_in1k", "./model/weights/convnext.pth", "adamw", 1e-4, 1e-4),
-    "mae": TimmBackbone("vit_base_patch16_224.mae", "./model/weights/mae.pth", "adamw", 1e-4, 1e-3),
-}
-# TURN (seed 003, Table 8): linear-probing optimiser, lr and weight decay per pre-trained model.
+OFFICIAL_TIMM_BACKBONES = dict(zip(TIMM_ALIASES, (  # vit, resnet, convnext, mae
+    TimmBackbone("vit_base_patch16_224.augreg_in1k", "./model/weights/vit.npz", "sgd", 1e-2, 1e-5),
+    TimmBackbone("resnet50.a1_in1k", "./model/weights/resnet.pth", "adamw", 1e-3, 1e-5),
+    TimmBackbone("convnext_tiny.fb_in1k", "./model/weights/convnext.pth", "adamw", 1e-4, 1e-4),
+    TimmBackbone("vit_base_patch16_224.mae", "./model/weights/mae.pth", "adamw", 1e-4, 1e-3),
+)))
+# TURN (its paper's Table 8): linear-probing optimiser, lr and weight decay per pre-trained model.
 TURN_LINEAR_PROBE = {
     "clip": ("adamw", 1e-3, 1e-6), "vit": ("sgd", 1e-2, 1e-3), "convnext": ("sgd", 1e-1, 1e-4),
     "mae": ("adamw", 1e-2, 1e-5), "resnet": ("adamw", 1e-3, 1e-5),
@@ -187,7 +187,7 @@ def load_weight_file(net: nn.Module, path: str) -> None:
 def optimizer_settings(cfg: Config) -> dict:
     """Keyword arguments of `utils.engine.make_optimizer` for the phase-2 / baseline model.
 
-    `optimizer: auto`: the official table (§6) for `vit`, `resnet`, `convnext`, `mae` (their lr and
+    `optimizer: auto`: the official table (HotanLee/DeFT main_phase2.py:109-120) for `vit`, `resnet`, `convnext`, `mae` (their lr and
     weight decay replace the config's, as in the official code), SGD with the config's lr, momentum
     and weight decay for CLIP and other timm models. `sgd` / `adamw`: that optimiser with the config's values.
     """

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.engine import make_optimizer
-from utils.losses import elr_loss, gce_loss, sce_loss
+from lnl.losses import elr_loss, gce_loss, sce_loss
 
 LN3 = math.log(3.0)
 

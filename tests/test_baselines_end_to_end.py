@@ -1,5 +1,6 @@
 """Every baseline end to end on CPU (tiny CLIP, generated CIFAR-10 pickles), and phase 2 on their masks."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -8,14 +9,16 @@ import torch
 import main_baseline
 import main_phase2
 import main_real_baseline
+import main_real_turn
 import main_small_loss
-from run_helpers import stop_at_call
+import main_turn
+from fixtures.runs import stop_at_call
 from datasets import build_datasets
 from models.clip_loader import load_clip, tokenizer_for
-from tools.smoke_run import build_smoke_world
+from fixtures.world import build_smoke_world
 from utils.config import Config, ConfigError, apply_overrides, load_yaml
 from utils.run_dir import read_metrics
-from utils.selection import forget_rate_schedule
+from lnl.selection import forget_rate_schedule
 
 PER_CLASS = 10  # 100 training samples: batches of 32, 32, 32 and 4
 NOISE = ["--noise_mode", "sym", "--noise_ratio", "0.4"]
@@ -108,7 +111,7 @@ def test_gmm_baseline_selects_after_warmup_and_its_mask_trains_phase2(world, dat
 
 def test_turn_extracts_features_once_probes_then_cleanses_per_class(world, data, monkeypatch):
     feature_passes, loss_passes = [], []
-    real_predict, real_ce = main_baseline.predict, main_baseline.per_sample_ce
+    real_predict, real_ce = main_turn.predict, main_turn.per_sample_ce
 
     def counting_predict(fn, loader, *args, **kwargs):
         if getattr(fn, "__name__", "") == "features":
@@ -119,15 +122,17 @@ def test_turn_extracts_features_once_probes_then_cleanses_per_class(world, data,
         loss_passes.append(1)
         return real_ce(*args, **kwargs)
 
-    monkeypatch.setattr(main_baseline, "predict", counting_predict)
-    monkeypatch.setattr(main_baseline, "per_sample_ce", counting_ce)
+    monkeypatch.setattr(main_turn, "predict", counting_predict)
+    monkeypatch.setattr(main_turn, "per_sample_ce", counting_ce)
     # τ = 0.3: with ten images per class the default 0.6 can leave a class without a clean sample
-    summary = _baseline(world, "TURN", "turn_lp_epochs=3", "turn_fft_epochs=3", "turn_tau=0.3")
-    run = _run_dir(world, "baseline_turn")
+    summary = main_turn.main(["--cfg", world["fft"], *NOISE, "--overwrite", "--opts", "turn_lp_epochs=3",
+                              "turn_fft_epochs=3", "turn_tau=0.3"])
+    run = _run_dir(world, "turn")
     assert feature_passes == [len(data.train), len(data.test)]  # once, not per epoch
     assert len(loss_passes) == 2  # epoch 1 reuses the features (frozen backbone + probed head)
     records = read_metrics(str(run))
     assert [r["epoch"] for r in records] == [1, 2, 3] and summary["lp_test_acc"] is not None
+    assert (summary["script"], summary["method"]) == ("turn", "TURN")
     for r in records:
         assert r["num_selected"] <= r["gmm_num_selected"]
     mask, meta = _check_mask_and_phase2(world, data, run, "TURN")
@@ -160,25 +165,43 @@ def test_real_noise_baseline_runs_with_a_constant_learning_rate(world):
     assert records[0]["lr"] == records[1]["lr"] and summary["method"] == "GMM"
 
 
+def test_real_noise_turn_runs_with_a_constant_learning_rate(world):
+    summary = main_real_turn.main(["--cfg", world["fft"], *NOISE, "--overwrite", "--opts", "turn_lp_epochs=1",
+                                   "turn_fft_epochs=2", "turn_tau=0.3"])
+    records = read_metrics(str(_run_dir(world, "real_turn")))
+    assert records[0]["lr"] == records[1]["lr"] and (summary["script"], summary["method"]) == ("real_turn", "TURN")
+
+
 def test_unknown_method_is_rejected_with_the_choices(world):
-    with pytest.raises(ConfigError, match=r"'lnl_methods' must be one of \['CE', 'GMM', 'ELR', 'SCE', 'GCE', 'TURN'"):
+    with pytest.raises(ConfigError, match=r"'lnl_methods' must be one of \['CE', 'GMM', 'ELR', 'SCE', 'GCE', "
+                                          r"'LabelMatch'\]"):
         main_baseline.main(["--cfg", world["fft"], *NOISE, "--lnl_methods", "DivideMix"])
+
+
+@pytest.mark.parametrize("entry, turn_script", [(main_baseline, "main_turn.py"),
+                                                (main_real_baseline, "main_real_turn.py")])
+def test_turn_through_lnl_methods_names_its_own_script(world, tmp_path, entry, turn_script):
+    command = f"python {turn_script} --cfg {world['fft']} --noise_mode sym --noise_ratio 0.4 --backbone resnet"
+    with pytest.raises(ConfigError, match="TURN has its own script: " + re.escape(command)):
+        entry.main(["--cfg", world["fft"], *NOISE, "--lnl_methods", "TURN", "--backbone", "resnet", "--opts",
+                    f"output_dir={tmp_path}"])
+    assert not any(tmp_path.iterdir())  # refused before a run folder exists
 
 
 @pytest.mark.parametrize("method, interrupt_at", [("TURN", 4), ("ELR", 2)])
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(world, tmp_path, monkeypatch, method, interrupt_at):
     """TURN skips step 1 when resuming (the probed head is in the checkpoint); ELR restores its memory."""
     opts = ["--opts", "epochs=3", "turn_lp_epochs=2", "turn_fft_epochs=3", "turn_tau=0.3"]
-    args = ["--cfg", world["fft"], *NOISE, "--lnl_methods", method]
-    main_baseline.main(args + opts + [f"output_dir={tmp_path / 'straight'}"])
+    script, name = (main_turn, "turn") if method == "TURN" else (main_baseline, f"baseline_{method.lower()}")
+    args = ["--cfg", world["fft"], *NOISE] + ([] if method == "TURN" else ["--lnl_methods", method])
+    script.main(args + opts + [f"output_dir={tmp_path / 'straight'}"])
     # TURN: two linear-probing epochs, then dies in step-2 epoch 2
-    real = stop_at_call(monkeypatch, main_baseline, interrupt_at)
+    real = stop_at_call(monkeypatch, script, interrupt_at)
     with pytest.raises(KeyboardInterrupt):
-        main_baseline.main(args + opts + [f"output_dir={tmp_path / 'resumed'}"])
-    monkeypatch.setattr(main_baseline, "train_one_epoch", real)
-    main_baseline.main(args + ["--resume"] + opts + [f"output_dir={tmp_path / 'resumed'}"])
-    runs = [tmp_path / kind / f"baseline_{method.lower()}" / "cifar10" / "sym0.4_seed0"
-            for kind in ("straight", "resumed")]
+        script.main(args + opts + [f"output_dir={tmp_path / 'resumed'}"])
+    monkeypatch.setattr(script, "train_one_epoch", real)
+    script.main(args + ["--resume"] + opts + [f"output_dir={tmp_path / 'resumed'}"])
+    runs = [tmp_path / kind / name / "cifar10" / "sym0.4_seed0" for kind in ("straight", "resumed")]
     stable = [[{k: v for k, v in r.items() if k not in ("seconds", "peak_memory_mb")} for r in read_metrics(str(run))]
               for run in runs]
     assert len(stable[0]) == 3 and stable[0] == stable[1]

@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from data_fixtures import write_cifar_fixture
+from fixtures.data import write_cifar_fixture
 from datasets import DatasetNotFoundError, read_cifar, read_cifar100_coarse_labels
 from datasets.cifar import write_cifar_pickles
 

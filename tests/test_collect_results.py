@@ -7,9 +7,9 @@ import math
 import pytest
 import yaml
 
-from utils.collect_results import (collect, find_unfinished, format_stats, main, noise_label, results_markdown,
+from experiments.collect_results import (collect, find_unfinished, format_stats, main, noise_label, results_markdown,
                                    results_tables, seed_stats)
-from utils.paper_numbers import load_paper_numbers
+from experiments.paper_numbers import load_paper_numbers
 
 
 def _run(root, name, summary, seed=0, mode="sym", ratio=0.2, backbone="ViT-B/16"):
@@ -219,7 +219,8 @@ def test_noise_labels_and_an_empty_folder(tmp_path):
 def test_the_sister_methods_have_rows(tmp_path):
     root = tmp_path / "output"
     for seed, (f1, acc) in enumerate([(0.8, 60.0), (0.9, 64.0)]):
-        _run(root, "robust_similarity", {"script": "robust_similarity", "method": "RobustSimilarity", "clean_mask": "x",
+        _run(root, "robust_similarity_m2", {"script": "robust_similarity", "method": "RobustSimilarity", "clean_mask": "x",
+                                            "rs_blocks": 2,
                                          "mask_precision": 0.9, "mask_recall": 0.8, "mask_f1": f1,
                                          "best_test_acc": acc, "last_test_acc": acc}, seed=seed)
     coreg = _run(root, "coreg", {"script": "coreg", "method": "CoReg", "best_test_acc": 71.0, "last_test_acc": 70.0},
@@ -227,18 +228,19 @@ def test_the_sister_methods_have_rows(tmp_path):
     summary = json.loads((coreg / "summary.json").read_text())
     (coreg / "summary.json").write_text(json.dumps({**summary, "noise": {"mode": "clip_annotation"}}))
     rows = {r["method"]: r for r in collect(str(root))}
-    assert rows["RobustSimilarity"]["role"] == "both" and rows["CoReg"]["role"] == "accuracy"
+    assert rows["RobustSimilarity (m=2)"]["role"] == "both" and rows["CoReg"]["role"] == "accuracy"
     assert rows["CoReg"]["noise"] == "clip_annotation"
     markdown = results_markdown(collect(str(root)))
-    assert "| RobustSimilarity | 85.00 ± 7.07 (n=2) |" in markdown  # F1: mean 85, sd of (80, 90)
+    assert "| RobustSimilarity (m=2) | 85.00 ± 7.07 (n=2) |" in markdown  # F1: mean 85, sd of (80, 90)
     assert "| CoReg |" in markdown and "clip_annotation" in markdown
 
 
 def test_robust_similarity_gets_one_row_per_block_count(tmp_path):
-    """The seed's ablation varies m at one noise setting and seed: each m is its own row, ordered by m."""
+    """Robust Similarity's ablation varies m at one noise setting and seed: each m is its own run (m is in
+    the run name) and its own row, ordered by m."""
     root = tmp_path / "output"
     for blocks, acc in ((6, 61.0), (1, 57.0), (2, 58.0)):  # written out of order on purpose
-        _run(root, f"rs_m{blocks}/robust_similarity", {"script": "robust_similarity", "method": "RobustSimilarity",
+        _run(root, f"robust_similarity_m{blocks}", {"script": "robust_similarity", "method": "RobustSimilarity",
                                                        "rs_blocks": blocks, "clean_mask": "x", "mask_f1": 0.5,
                                                        "best_test_acc": acc, "last_test_acc": acc - 1.0},
              mode="sym", ratio=0.125, seed=1)

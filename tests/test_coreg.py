@@ -1,4 +1,4 @@
-"""Co-Reg (seed 004): each component on hand-made tensors, the networks' momentum encoder and queue,
+"""Co-Reg: each component on hand-made tensors, the networks' momentum encoder and queue,
 and the script end to end on the tiny fixture world (annotation cache, resume, clear errors)."""
 from __future__ import annotations
 
@@ -14,22 +14,23 @@ import torch
 import torchvision.transforms as T
 
 import main_coreg
-from run_helpers import stop_at_call
+from fixtures.runs import stop_at_call
 from datasets import build_datasets
 from datasets.views import MultiViewDataset, strong_transform
 from models.annotator import AnnotationCacheError
 from models.clip_loader import load_clip, tokenizer_for
 from models.coreg import CoRegNetwork, PreActResNet18
 from models.zero_shot import TEMPLATE_SETS, class_captions
-from tools.smoke_run import build_smoke_world
-from utils.collect_results import collect
+from fixtures.world import build_smoke_world
+from experiments.collect_results import collect
 from utils.config import Config, ConfigError, apply_overrides, load_yaml
-from utils.coreg import (annotation_metrics, append_loss_history, candidate_sets, contrastive_masks, credibility,
+from models.annotator import template_probabilities
+from lnl.coreg import (annotation_metrics, append_loss_history, candidate_sets, contrastive_masks, credibility,
                          distribution_alignment, max_candidate_loss, mix, mixup_lambda, negative_entropy,
                          noisy_supcon_loss, partial_cross_entropy, partial_set_targets, prototype_alignment, rampup,
-                         restrict_to_candidates, sharpen, soft_cross_entropy, squared_error, template_probabilities,
+                         restrict_to_candidates, sharpen, soft_cross_entropy, squared_error,
                          unlabeled_set_targets, update_prototypes, with_manual_labels)
-from utils.gmm import GMMSettings
+from lnl.gmm import GMMSettings
 from utils.run_dir import read_metrics
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent

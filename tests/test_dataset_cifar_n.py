@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from dataset_fixtures import write_cifar_n
-from dataset_helpers import normalize_of, reader_config
+from fixtures.layouts import write_cifar_n
+from fixtures.layouts import normalize_of, reader_config
 from datasets import DatasetConfigError, DatasetNotFoundError, build_datasets
 from datasets.transforms import NORMALIZATION
 from utils.run_dir import run_path

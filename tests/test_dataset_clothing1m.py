@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torchvision.transforms as T
 
-from dataset_fixtures import write_clothing1m
-from dataset_helpers import normalize_of, reader_config
+from fixtures.layouts import write_clothing1m
+from fixtures.layouts import normalize_of, reader_config
 from datasets import DatasetConfigError, DatasetNotFoundError, build_datasets
 from datasets.transforms import NORMALIZATION
 
@@ -21,7 +21,7 @@ def _cfg(tmp_path, mini, **extra):
 
 
 def official_style_subsample(keys: list[str], labels: dict, num_samples: int, seed: int) -> list[str]:
-    """The official draw, written from the spec (§3.5): global `random`, shuffle the key list itself."""
+    """The official draw, as HotanLee/DeFT dataloader/dataloader_clothing1M.py:46-54: global `random`, shuffle the key list itself."""
     saved = random.getstate()
     random.seed(seed)
     try:

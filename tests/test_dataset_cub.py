@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from dataset_fixtures import write_cub
-from dataset_helpers import normalize_of, reader_config
+from fixtures.layouts import write_cub
+from fixtures.layouts import normalize_of, reader_config
 from datasets import DatasetConfigError, DatasetNotFoundError, build_datasets
 from datasets.transforms import NORMALIZATION
 

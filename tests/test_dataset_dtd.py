@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset_fixtures import write_image
-from dataset_helpers import normalize_of, reader_config
+from fixtures.layouts import write_image
+from fixtures.layouts import normalize_of, reader_config
 from datasets import DatasetConfigError, DatasetNotFoundError, build_datasets
 from datasets.few_shot import few_shot_indices, noisy_shots_per_class
 from datasets.transforms import NORMALIZATION

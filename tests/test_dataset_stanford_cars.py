@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from dataset_fixtures import CARS_NAMES, write_image, write_stanford_cars
-from dataset_helpers import normalize_of, reader_config
+from fixtures.layouts import CARS_NAMES, write_image, write_stanford_cars
+from fixtures.layouts import normalize_of, reader_config
 from datasets import DatasetConfigError, DatasetNotFoundError, build_datasets
 from datasets.transforms import NORMALIZATION
 

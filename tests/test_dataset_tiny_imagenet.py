@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from dataset_fixtures import write_tiny_imagenet
-from dataset_helpers import normalize_of, reader_config
+from fixtures.layouts import write_tiny_imagenet
+from fixtures.layouts import normalize_of, reader_config
 from datasets import DatasetNotFoundError, build_datasets
 from datasets.transforms import NORMALIZATION
 

@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torchvision.transforms as T
 
-from dataset_fixtures import write_webvision
-from dataset_helpers import normalize_of, reader_config
+from fixtures.layouts import write_webvision
+from fixtures.layouts import normalize_of, reader_config
 from datasets import DatasetConfigError, DatasetNotFoundError, build_datasets
 from datasets.transforms import NORMALIZATION
 

@@ -6,7 +6,7 @@ from models.classifier import CLIPClassifier
 from models.zero_shot import TEMPLATE_SETS, zero_shot_classifier
 from models.deft import DeFTModel
 from models.peft import TuningConfig
-from utils.losses import deft_phase1_loss
+from lnl.losses import deft_phase1_loss
 
 NAMES = ["cat", "dog", "sweet_pepper"]
 

@@ -19,7 +19,8 @@ import yaml
 import main_baseline
 import main_phase1
 import main_small_loss
-from tools.smoke_run import build_smoke_world
+import main_turn
+from fixtures.world import build_smoke_world
 from utils.run_dir import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,14 +98,14 @@ def test_full_passes_and_per_sample_state_are_gathered_by_sample_index(world, tm
     """GMM fits on per-sample losses of a sharded full pass; ELR's target memory is updated per rank;
     TURN extracts features and per-sample losses in sharded full passes (69 samples: one padded) and
     trains on the cleansed subset."""
-    args = ["--cfg", world["fft"], *NOISE, "--lnl_methods", method]
+    script, name = (main_turn, "turn") if method == "TURN" else (main_baseline, f"baseline_{method.lower()}")
+    args = ["--cfg", world["fft"], *NOISE] + ([] if method == "TURN" else ["--lnl_methods", method]) + ["--opts"]
     if method == "TURN":  # short steps; tau 0.3 keeps every class non-empty on 69 samples (as in the baseline tests)
-        args += ["--opts", "turn_lp_epochs=2", "turn_fft_epochs=2", "turn_tau=0.3"]
-    out = [] if "--opts" in args else ["--opts"]  # one --opts list: output_dir joins the method's opts
-    main_baseline.main(args + out + [f"output_dir={tmp_path / 'single'}"])
-    result = torchrun("main_baseline.py", args + out + [f"output_dir={tmp_path / 'ddp'}"])
+        args += ["turn_lp_epochs=2", "turn_fft_epochs=2", "turn_tau=0.3"]
+    script.main(args + [f"output_dir={tmp_path / 'single'}"])
+    result = torchrun(f"{script.__name__}.py", args + [f"output_dir={tmp_path / 'ddp'}"])
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = [run_dir(tmp_path / kind, f"baseline_{method.lower()}") for kind in ("single", "ddp")]
+    runs = [run_dir(tmp_path / kind, name) for kind in ("single", "ddp")]
     if method in ("GMM", "TURN"):
         assert_same_run(*runs)
     else:
@@ -118,7 +119,7 @@ FAILING_RANK = """
 import sys
 import main_phase1
 from utils import distributed
-from utils.errors import run_cli
+from utils.cli import run_cli
 
 real = main_phase1.train_one_epoch
 

@@ -12,7 +12,7 @@ import main_phase2
 import utils.engine
 from datasets.noise import labels_sha256
 from utils.clean_mask import CleanMaskError
-from tools.smoke_run import build_smoke_world
+from fixtures.world import build_smoke_world
 from utils.run_dir import RunExistsError, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

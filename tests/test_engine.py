@@ -10,8 +10,8 @@ from models.deft import DeFTModel
 from models.peft import TuningConfig
 from utils.engine import LossTerm, PerSampleRecorder, StepOutput, make_grad_scaler, train_one_epoch
 from utils.loader import EpochSampler, make_loader
-from utils.losses import deft_phase1_loss
-from utils.selection import small_loss_selection
+from lnl.losses import deft_phase1_loss
+from lnl.selection import small_loss_selection
 
 CPU = torch.device("cpu")
 NAMES = ["cat", "dog", "bird", "fish"]

@@ -23,12 +23,12 @@ import utils.experiment as utils_experiment
 import utils.io as utils_io
 from models import timm_backbones
 from utils.clean_mask import mask_metadata, save_clean_mask
-from utils.collect_results import collect
+from experiments.collect_results import collect
 from utils.config import ConfigError, apply_overrides, load_yaml, Config
-from utils.errors import run_cli
+from utils.cli import run_cli
 from utils.run_dir import RunExistsError, read_metrics
-from run_helpers import stop_at_call
-from tools.smoke_run import build_smoke_world
+from fixtures.runs import stop_at_call
+from fixtures.world import build_smoke_world
 
 NOISE = ["--noise_mode", "sym", "--noise_ratio", "0.4"]
 VOLATILE = ("seconds", "peak_memory_mb")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.gmm import (GMMSettings, class_balanced_subsample, clean_probability, gmm_selection, minmax_normalize,
+from lnl.gmm import (GMMSettings, class_balanced_subsample, clean_probability, gmm_selection, minmax_normalize,
                        per_class_gmm_selection)
 
 SEEDED = GMMSettings(random_state=0)
@@ -92,9 +92,9 @@ def test_class_balanced_subsample_is_empty_when_a_class_has_no_clean_sample():
 
 def test_gmm_losses_come_from_the_training_samples_in_dataset_order(tmp_path):
     """The GMM pass reads the training set itself (same samples, labels and order), without augmentation."""
-    import main_baseline
     from datasets import build_datasets
-    from tools.smoke_run import build_smoke_world
+    from fixtures.world import build_smoke_world
+    from utils.baseline_run import per_sample_ce
     from utils.config import Config, apply_overrides, load_yaml
     from utils.loader import make_loader
 
@@ -111,7 +111,7 @@ def test_gmm_losses_come_from_the_training_samples_in_dataset_order(tmp_path):
             return images.flatten(1) @ weights.t()
 
     loader = make_loader(data.eval, batch_size=7, shuffle=False, num_workers=0, device=torch.device("cpu"))
-    losses = main_baseline.per_sample_ce(PixelModel(), loader, cfg, torch.device("cpu"))
+    losses = per_sample_ce(PixelModel(), loader, cfg, torch.device("cpu"))
     by_index = []
     for i in range(len(data.train)):
         image, given, _, index = data.eval[i]

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from utils.losses import check_finite, deft_phase1_loss, masked_mean, sce_loss
-from utils.selection import BatchMeanScores, detection_scores
+from lnl.losses import deft_phase1_loss, masked_mean, sce_loss
+from utils.engine import check_finite
+from lnl.selection import BatchMeanScores, detection_scores
 
 POS = [[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]]
 NEG = [[1.0, 0.5, 0.0], [1.0, 1.0, 2.0]]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import main_phase1
-from run_helpers import require_fashion_mnist
+from fixtures.runs import require_fashion_mnist
 from tools.pretrain_tiny_clip import PretrainSettings, pretrain
 
 ROOT = Path(__file__).resolve().parent.parent

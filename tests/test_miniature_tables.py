@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 
-from run_helpers import require_fashion_mnist
+from fixtures.runs import require_fashion_mnist
 from tools import miniature_tables
-from utils.collect_results import CSV_FIELDS
+from experiments.collect_results import CSV_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = "./data/fashion-mnist"

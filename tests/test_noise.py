@@ -23,7 +23,7 @@ def _labels(n: int, c: int, seed: int = 0) -> np.ndarray:
 
 def official_style_noise(train_label: list[int], num_class: int, r: float, seed: int,
                          mode: str) -> list[int]:
-    """The official call order, written from the spec: global `random`, list membership."""
+    """The official call order (HotanLee/DeFT dataloader/dataloader_cifar.py:74-105): global `random`, list membership."""
     saved = random.getstate()
     random.seed(seed)
     try:
@@ -158,7 +158,8 @@ def test_invalid_mode_and_ratio_messages():
 
 def official_style_idn(images_chw_flat: np.ndarray, labels: np.ndarray, c: int, r: float,
                        seed: int) -> list[int]:
-    """Xia et al. as the official code, from the spec: global RNG, per-sample torch loop."""
+    """Xia et al. as the official code (HotanLee/DeFT dataloader/dataloader_cifar.py:155-211): global RNG,
+    per-sample torch loop."""
     saved = np.random.get_state()
     np.random.seed(seed)
     try:

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 import datasets.build
-from data_fixtures import write_cifar_fixture
-from dataset_fixtures import write_cub, write_image, write_stanford_cars, write_tiny_imagenet
-from dataset_helpers import reader_config
+from fixtures.data import write_cifar_fixture
+from fixtures.layouts import write_cub, write_image, write_stanford_cars, write_tiny_imagenet
+from fixtures.layouts import reader_config
 from datasets import build_datasets
 from datasets.noise import actual_noise_rate, idn_noisy_labels
 
@@ -44,7 +44,8 @@ def _build(tmp_path, family_data, dataset, **values):
 
 
 def _noise_set(num_samples: int, ratio: float, seed: int) -> tuple[np.ndarray, set]:
-    """The official noise set and noise classes, replayed from the spec (§3.8) with a fresh random.Random."""
+    """The official noise set and noise classes (HotanLee/DeFT dataloader/dataloader_cifar.py:76-88), with a fresh
+    random.Random."""
     rng = random.Random(seed)
     order = list(range(num_samples))
     rng.shuffle(order)

@@ -10,7 +10,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from data_fixtures import write_cifar_fixture
+from fixtures.data import write_cifar_fixture
 from datasets import (NORMALIZATION, DatasetNotFoundError, NoisyLabelDataset, build_datasets,
                       cifar_transforms, complementary_labels, labels_sha256)
 

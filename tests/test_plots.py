@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from utils import plots
-from utils.collect_results import main as collect_main
+from experiments import plots
+from experiments.collect_results import main as collect_main
 
 EPOCHS = [{"epoch": 1, "precision": 0.8, "recall": 0.5, "f1": 0.615, "test_acc": 40.0, "loss": 2.0},
           {"epoch": 2, "precision": 0.85, "recall": 0.7, "f1": 0.768, "test_acc": 55.5, "loss": 1.5},

@@ -12,15 +12,15 @@ import pytest
 import torch
 import yaml
 
-import main_baseline
 import main_coreg
 import main_phase1
 import main_robust_similarity
+import main_turn
 import utils.experiment
 from models.clip_loader import image_dtype, load_clip
 from models.prompt_matrix import RobustSimilarityModel
-from run_helpers import stop_at_call
-from tools.smoke_run import build_smoke_world
+from fixtures.runs import stop_at_call
+from fixtures.world import build_smoke_world
 from utils.config import Config
 from utils.engine import trained_precision
 
@@ -76,8 +76,7 @@ def test_turn_probes_an_fp16_head_in_fp32_and_writes_it_back():
     cfg = dataclasses.replace(Config(), precision="fp16", batch_size=8, turn_lp_epochs=3, seed=0)
     exp = SimpleNamespace(device=torch.device("cpu"), log=logging.getLogger("test"))
     before = head.weight.detach().clone()
-    result = main_baseline.linear_probe(head, features.half(), labels, features.half(), torch.as_tensor(labels),
-                                        cfg, exp)
+    result = main_turn.linear_probe(head, features.half(), labels, features.half(), torch.as_tensor(labels), cfg, exp)
     assert result["optimizer"]["name"] == "adamw"  # TURN's CLIP linear-probe optimiser
     assert head.weight.dtype == torch.float16 and torch.isfinite(head.weight).all()
     assert not torch.equal(head.weight, before) and all(np.isfinite(result["losses"]))

@@ -12,7 +12,7 @@ import yaml
 
 import main_real_phase1
 import main_real_phase2
-from dataset_fixtures import write_cifar_n, write_clothing1m, write_webvision
+from fixtures.layouts import write_cifar_n, write_clothing1m, write_webvision
 from datasets import build_datasets
 from utils.config import Config, apply_overrides, load_yaml
 from utils.run_dir import read_metrics

@@ -1,4 +1,4 @@
-"""Robust Similarity (seed 002): each component on hand-made tensors, the prompt matrix, and the
+"""Robust Similarity: each component on hand-made tensors, the prompt matrix, and the
 script end to end on the tiny fixture world (mask, resume, clear errors)."""
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import pytest
 import torch
 
 import main_robust_similarity
-from run_helpers import stop_at_call
+from fixtures.runs import stop_at_call
 from models.prompt_matrix import PromptMatrix, RobustSimilarityModel
-from tools.smoke_run import build_smoke_world
-from utils.collect_results import collect
+from fixtures.world import build_smoke_world
+from experiments.collect_results import collect
 from utils.config import ConfigError
-from utils.gmm import GMMSettings
-from utils.robust_similarity import (alpha_schedule, block_loss, ensemble_probabilities, feature_distance,
-                                     feature_similarity, filter_samples, mutual_distance_matrix, prompt_similarity,
+from lnl.gmm import GMMSettings
+from lnl.robust_similarity import (alpha_schedule, block_loss, ensemble_probabilities, feature_distance,
+                                     feature_similarity, filter_samples, distance_rows, prompt_similarity,
                                      robust_similarity)
 from utils.run_dir import read_metrics
 
@@ -58,9 +58,9 @@ GROUPS = torch.tensor([0, 0, 0, 1])
 
 
 def test_mutual_distance_matrix_by_hand():
-    cosine = mutual_distance_matrix(FEATURES[:3], "cosine")
+    cosine = distance_rows(FEATURES[:3], FEATURES[:3], "cosine")
     assert torch.allclose(cosine, torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]), atol=1e-6)
-    euclid = mutual_distance_matrix(FEATURES[:3], "euclidean")
+    euclid = distance_rows(FEATURES[:3], FEATURES[:3], "euclidean")
     r2, r5 = math.sqrt(2), math.sqrt(5)
     assert torch.allclose(euclid, torch.tensor([[0.0, 1.0, r2], [1.0, 0.0, r5], [r2, r5, 0.0]]), atol=1e-5)
 
@@ -83,7 +83,7 @@ def test_feature_similarity_is_minus_the_distance_on_zero_one():
 
 
 def test_alpha_schedule_of_the_seed():
-    assert alpha_schedule(1) == pytest.approx(0.2)  # the seed's epoch 0
+    assert alpha_schedule(1) == pytest.approx(0.2)  # the paper's epoch 0
     assert alpha_schedule(36) == pytest.approx(0.2 * math.e)
     assert alpha_schedule(51) == pytest.approx(0.2 * math.exp(50 / 35)) == pytest.approx(0.8345, abs=1e-4)
     assert alpha_schedule(100) == 1.0 and alpha_schedule(100, cap=0.9) == 0.9  # capped: a weight, not > 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.smoke_run import build_smoke_world
+from fixtures.world import build_smoke_world
 from utils.run_lock import RunLock, RunLockedError, lock_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +88,7 @@ def test_two_identical_commands_leave_one_run_written_by_one_process(tmp_path):
 
 def test_continue_waits_for_the_run_being_written_then_finds_it_finished(tmp_path, capsys):
     import main_phase1
-    from utils.errors import run_cli
+    from utils.cli import run_cli
 
     world = build_smoke_world(tmp_path, per_class_train=6, per_class_test=2, epochs=1)
     command = ["--cfg", world["peft"], "--noise_mode", "sym", "--noise_ratio", "0.4"]

@@ -1,9 +1,10 @@
-"""The small-loss baseline's forget-rate schedule and per-batch selection (official §1.5, §4.1)."""
+"""The small-loss baseline's forget-rate schedule and per-batch selection (HotanLee/DeFT
+main_small_loss.py:141-146, :41-54)."""
 import numpy as np
 import pytest
 import torch
 
-from utils.selection import forget_rate_schedule, oracle_forget_rate, small_loss_selection
+from lnl.selection import forget_rate_schedule, oracle_forget_rate, small_loss_selection
 
 
 def test_schedule_ramps_over_the_warmup_then_stays_at_the_rate():

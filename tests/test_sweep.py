@@ -6,10 +6,10 @@ import threading
 import pytest
 import yaml
 
-from utils import grid as grids
-from utils import sweep
-from utils.grid import GridError, expand_grid, load_grid
-from utils.sweep import job_lines, ordered_commands, run_commands, run_process
+from experiments import grid as grids
+from experiments import sweep
+from experiments.grid import GridError, expand_grid, load_grid
+from experiments.sweep import job_lines, ordered_commands, run_commands, run_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRIDS = os.path.join(ROOT, "grids")
@@ -69,7 +69,7 @@ def test_shipped_grids_cover_the_papers_settings(in_repo):
     assert {c.noise for c in table1} == {"sym0.2", "sym0.4", "sym0.6", "idn0.2", "idn0.3", "idn0.4"}
     assert {c.dataset for c in table1} == {"cifar100", "tiny_imagenet", "stanford_cars", "cub200"}
     table4 = _texts(os.path.join(GRIDS, "table4.yaml"))
-    assert "python main_real_baseline.py --cfg ./config/FFT/clothing1m.yaml --lnl_methods TURN --backbone convnext " \
+    assert "python main_real_turn.py --cfg ./config/FFT/clothing1m.yaml --backbone convnext " \
            "--continue" in table4
     assert "python main_real_phase2.py --cfg ./config/FFT/clothing1m.yaml --backbone mae --continue" in table4
 
@@ -330,3 +330,20 @@ def test_known_noise_modes_and_backbones_match_the_code():
     assert set(grids.TIMM_ALIASES) == set(OFFICIAL_TIMM_BACKBONES)
     assert grids.parse_noise(["asym_cifar1000.4", "asym_cifar100.4", "sym1"]) == \
         [("asym_cifar100", 0.4), ("asym_cifar10", 0.4), ("sym", 1.0)]
+
+
+def test_the_sister_methods_grid_names_each_block_count_and_runs_coreg_once_per_seed(in_repo):
+    grid = load_grid(os.path.join(GRIDS, "sister_methods.yaml"))
+    rs = [c for c in grid.cells if c.method.startswith("RobustSimilarity")]
+    assert {c.method for c in rs} == {"RobustSimilarity (m=1)", "RobustSimilarity (m=2)", "RobustSimilarity (m=4)"}
+    assert len(rs) == 3 * 2 * 2  # m x noise x seeds: every m is its own cell, never merged with another m
+    for cell in rs:
+        (command,) = cell.commands
+        m = cell.method[len("RobustSimilarity (m="):-1]
+        assert command.script == "main_robust_similarity.py" and f"rs_blocks={m}" in command.args
+        assert command.run_dir.split(os.sep)[-3] == f"robust_similarity_m{m}"  # m in the run name
+    coreg = [c for c in grid.cells if c.method == "CoReg"]
+    assert [(c.noise, c.seed) for c in coreg] == [("clip_annotation", 0), ("clip_annotation", 1)]
+    assert all("--noise_mode" not in c.commands[0].args for c in coreg)  # CLIP's labels, not the noise grid
+    assert coreg[0].commands[0].run_dir == os.path.join("./output/sister_methods", "coreg", "fashion_mnist",
+                                                        "none0.0_seed0")

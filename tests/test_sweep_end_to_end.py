@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import yaml
 
-from tools.smoke_run import build_smoke_world
-from utils import sweep
-from utils.grid import Command, load_grid
-from utils.collect_results import main as collect_main
+from fixtures.world import build_smoke_world
+from experiments import sweep
+from experiments.grid import Command, load_grid
+from experiments.collect_results import main as collect_main
 from utils.errors import UserError
 from utils.run_dir import RunFinished
 
@@ -74,7 +74,7 @@ def test_sweep_then_tables_and_figures(tmp_path, monkeypatch):
     interrupted = output / "phase2" / "cifar10" / "sym0.4_seed1"
     before = json.loads((interrupted / "summary.json").read_text())
     (interrupted / "summary.json").unlink()
-    child = subprocess.run([sys.executable, "-m", "utils.sweep", str(grid)], capture_output=True, text=True,
+    child = subprocess.run([sys.executable, "-m", "experiments.sweep", str(grid)], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert child.returncode == 0, child.stderr
     assert "resume: python main_phase2.py --cfg ./FFT.yaml --noise_mode sym --noise_ratio 0.4 --opts seed=1 " \
@@ -123,7 +123,7 @@ def test_sweep_then_tables_and_figures(tmp_path, monkeypatch):
     assert accuracy["series"]["DeFT"]["mean"] == pytest.approx([statistics.fmean(deft_best[n]) for n in deft_best])
 
     # 5. One run's figures from its own files.
-    from utils import plots
+    from experiments import plots
 
     run = output / "phase1" / "cifar10" / "sym0.2_seed0"
     plots.run_figures(str(run))

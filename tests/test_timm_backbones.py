@@ -18,7 +18,7 @@ from models.clip_loader import PretrainedWeightsError
 from models.timm_backbones import (OFFICIAL_TIMM_BACKBONES, UnknownBackboneError, backbone_normalization,
                                    backbone_run_suffix, build_timm_classifier, clip_backbone_name, is_clip_backbone,
                                    linear_probe_settings, optimizer_settings)
-from tools.smoke_run import build_smoke_world
+from fixtures.world import build_smoke_world
 from utils.clean_mask import mask_metadata, save_clean_mask
 from utils.config import Config, apply_overrides, load_yaml
 from utils.run_dir import read_metrics
@@ -229,12 +229,11 @@ def test_grad_checkpointing_uses_timms_switch_and_gives_the_same_gradients(small
 
 
 def test_turn_probes_and_fine_tunes_a_timm_backbone(world, small_models, tmp_path):
-    import main_baseline
+    import main_turn
 
-    summary = main_baseline.main(["--cfg", world["fft"], *NOISE, "--lnl_methods", "TURN", "--backbone", "resnet",
-                                  "--opts", "timm_pretrained=false", "turn_lp_epochs=2", "turn_fft_epochs=1",
-                                  "turn_tau=0.0", f"output_dir={tmp_path}"])
-    run = tmp_path / "baseline_turn_resnet" / "cifar10" / "sym0.4_seed0"
+    summary = main_turn.main(["--cfg", world["fft"], *NOISE, "--backbone", "resnet", "--opts", "timm_pretrained=false",
+                              "turn_lp_epochs=2", "turn_fft_epochs=1", "turn_tau=0.0", f"output_dir={tmp_path}"])
+    run = tmp_path / "turn_resnet" / "cifar10" / "sym0.4_seed0"
     probe = torch.load(run / "checkpoint.pt", weights_only=True)["extra"]["linear_probe"]
     assert probe["optimizer"] == {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-5, "momentum": 0.9}  # TURN Table 8
     assert len(probe["losses"]) == 2 and summary["lp_test_acc"] == probe["test_acc"]

@@ -5,7 +5,7 @@
     python tools/miniature_tables.py --jobs 1                                # one run at a time
 
 1. pre-train the demo's tiny CLIP (cached in output/demo/tiny_clip/; nothing to do when present);
-2. run grids/miniature.yaml with the sweep runner (utils/sweep.py), two independent jobs at a time
+2. run grids/miniature.yaml with the sweep runner (experiments/sweep.py), two independent jobs at a time
    (`--jobs`, each with cores/jobs threads); every command carries --continue, so running this again
    continues an interrupted grid and redoes nothing that finished;
 3. collect the runs into results/miniature/: results.md (the tables, mean ± std over the seeds),
@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tools.pretrain_tiny_clip import PretrainSettings, pretrain_cached  # noqa: E402
-from utils import collect_results, sweep  # noqa: E402
+from experiments import collect_results, sweep  # noqa: E402
 from utils.config import load_yaml  # noqa: E402
 from utils.io import atomic_write_json  # noqa: E402
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", default=GRID, help=f"grid YAML (default {GRID})")
     parser.add_argument("--out", default=OUT, help=f"where the tables go (default {OUT})")
     parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
-                        help="only these cells (as utils.sweep --only); the tables then hold only them")
+                        help="only these cells (as experiments.sweep --only); the tables then hold only them")
     parser.add_argument("--jobs", type=int, default=2, metavar="N",
                         help="independent runs at once (default 2, this machine's cores)")
     parser.add_argument("--no_pretrain", action="store_true",

@@ -1,7 +1,7 @@
 """The clean-sample index: `clean_mask.npy` (bool, dataset order) plus `clean_mask.json` metadata.
 
 Phase 1 (and every baseline that selects samples) writes it; phase 2 reads it and refuses a mask
-that was made for another dataset, split size, noise setting or subsample (decisions.md §3).
+that was made for another dataset, split size, noise setting or subsample (docs/failure_behaviour.md).
 """
 from __future__ import annotations
 

@@ -22,14 +22,18 @@ from utils.errors import UserError
 
 # Datasets whose labels carry real noise (no synthetic noise flags; CIFAR-N is noise_mode: real).
 REAL_NOISE_DATASETS = ("clothing1m", "webvision")
+# Synthetic noise modes (datasets/noise.py makes them) and the official phase-2 timm backbones
+# (models/timm_backbones.py): here, so the grid can check them without importing torch.
+NOISE_MODES = ("none", "sym", "asym", "str", "idn", "asym_cifar10", "asym_cifar100")
+TIMM_ALIASES = ("vit", "resnet", "convnext", "mae")
 
 
 class ConfigError(UserError, ValueError):
     """A configuration value or key is invalid."""
 
 
-# main_baseline.py --lnl_methods: the official four, GCE, TURN (seed 003) and CLIP label-match.
-LNL_METHODS = ("CE", "GMM", "ELR", "SCE", "GCE", "TURN", "LabelMatch")
+# main_baseline.py --lnl_methods: the official four, GCE and CLIP label-match (TURN: main_turn.py).
+LNL_METHODS = ("CE", "GMM", "ELR", "SCE", "GCE", "LabelMatch")
 
 
 def _choice(*values: str) -> dict:
@@ -137,7 +141,7 @@ class Config:
     few_shot_noise: str = field(default="exact", metadata=_choice("exact", "random"))  # exact: round(k·noise_ratio) wrong labels per class (PTNL)
     dtd_split: int = field(default=1, metadata=_range(1, 10))  # DTD: official split files labels/{train,val,test}<k>.txt
     dtd_trainval: bool = True  # DTD: train on train<k> + val<k> (false: train<k> only)
-    # ---- Robust Similarity (seed 002: prompt matrix + feature similarity; main_robust_similarity.py) ----
+    # ---- Robust Similarity (prompt matrix + feature similarity; main_robust_similarity.py) ----
     rs_blocks: int = field(default=6, metadata=_range(1))  # m prompt blocks (contexts) per class
     rs_ctx_per_class: bool = False  # each block has its own context per class (CoOp CSC); false: shared by the classes
     rs_ensemble: str = field(default="mean_prob", metadata=_choice("mean_prob", "vote"))  # ỹ from the m blocks
@@ -150,7 +154,7 @@ class Config:
     rs_threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))  # gmm: p_clean > it; threshold: G > it
     rs_keep_ratio: Optional[float] = field(default=None, metadata=_range(0.0, 1.0))  # keep_ratio: per class; None: 1 - noise_ratio
     rs_loss: str = field(default="gce", metadata=_choice("gce", "ce"))  # PTNL: GCE with q = gce_q
-    # ---- Co-Reg (seed 004: noisy partial labels from CLIP, two networks; main_coreg.py) ----
+    # ---- Co-Reg (noisy partial labels from CLIP, two networks; main_coreg.py) ----
     coreg_network: str = "preact_resnet18"  # the two students: preact_resnet18 (paper) or any phase-2 backbone name
     coreg_width: int = field(default=64, metadata=_range(1))  # preact_resnet18: channels of the first stage
     coreg_templates: str = "imagenet_small"  # annotation prompts: a set of models/zero_shot.py TEMPLATE_SETS

@@ -24,6 +24,7 @@ The run directory, checkpoints and resume live in `utils/experiment.py`.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import resource
@@ -39,8 +40,7 @@ from tqdm import tqdm
 
 from utils import distributed
 from utils.config import Config
-from utils.loader import Batch, batches, dataset_size, make_loader
-from utils.losses import check_finite
+from utils.loader import batches, dataset_size, make_loader
 
 
 # ---------------------------------------------------------------- device, precision, seeding
@@ -280,6 +280,17 @@ def _batch_rule_weights(term: LossTerm, valid: torch.Tensor) -> torch.Tensor:
     global_weights[is_real] = term.batch_rule(values[is_real]).float()
     # this rank's samples sit at positions rank, rank + W, ... of the interleaved batch
     return global_weights[distributed.rank()::distributed.world_size()]
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    """Stop the run with a message on a NaN or infinite loss."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"non-finite loss ({value}) at {where}; stopped before the update. Every finished epoch is "
+            "checkpointed: continue from the last one with a lower learning rate, e.g. --resume --opts "
+            "lr=<lower> (recorded in config_history.jsonl), or, if no epoch finished, run again with a lower "
+            "lr; precision: fp32 may also help")
 
 
 class PerSampleRecorder:

@@ -13,7 +13,6 @@ import tempfile
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from utils.errors import UserError
 
@@ -71,6 +70,8 @@ def atomic_save_numpy(path: str, array: np.ndarray) -> None:
 
 def atomic_torch_save(path: str, obj: Any) -> None:
     """torch.save to `path` atomically."""
+    import torch  # here, not at the top: the experiment tools (experiments/) write files without torch
+
     _atomic_write(path, lambda h: torch.save(obj, h), binary=True)
 
 

@@ -43,16 +43,16 @@ def is_real_noise(cfg: Config) -> bool:
     return cfg.noise_mode == "real" or cfg.dataset in REAL_NOISE_DATASETS
 
 
-def run_path(cfg: Config, script: str) -> str:
-    """output/{script}/{dataset}/{noise_mode}{noise_ratio}_seed{seed}/ (decisions.md §3).
+def run_path(cfg: Config, name: str) -> str:
+    """output/{name}/{dataset}/{noise_mode}{noise_ratio}_seed{seed}/, `name` from utils/methods.py.
 
-    Real noise has no noise part: output/{script}/{dataset}/seed{seed}/, with the CIFAR-N label set
+    Real noise has no noise part: output/{name}/{dataset}/seed{seed}/, with the CIFAR-N label set
     in front when one is chosen explicitly (e.g. cifar10/aggre_label_seed0/).
     """
     if is_real_noise(cfg):
         label_set = f"{cfg.cifar_n_label_key}_" if cfg.noise_mode == "real" and cfg.cifar_n_label_key else ""
-        return os.path.join(cfg.output_dir, script, cfg.dataset, f"{label_set}seed{cfg.seed}")
-    return os.path.join(cfg.output_dir, script, cfg.dataset, f"{noise_tag(cfg)}_seed{cfg.seed}")
+        return os.path.join(cfg.output_dir, name, cfg.dataset, f"{label_set}seed{cfg.seed}")
+    return os.path.join(cfg.output_dir, name, cfg.dataset, f"{noise_tag(cfg)}_seed{cfg.seed}")
 
 
 class RunState:

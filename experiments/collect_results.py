@@ -1,9 +1,9 @@
 """Collect the summary.json files of many runs into the paper's table layouts, with the spread over
 seeds and the paper's numbers beside ours (Markdown and CSV; figures with --figures).
 
-    python -m utils.collect_results output/                 # prints Markdown, writes output/results.{md,csv}
-    python -m utils.collect_results output/ --out tables/ --figures
-    python -m utils.collect_results output/ --paper my_numbers.yaml   # or --paper none
+    python -m experiments.collect_results output/                 # prints Markdown, writes output/results.{md,csv}
+    python -m experiments.collect_results output/ --out tables/ --figures
+    python -m experiments.collect_results output/ --paper my_numbers.yaml   # or --paper none
 
 Every cell is `mean ± std (n=k)` over the seeds of that cell (sample standard deviation, ddof=1;
 a single run shows no ± part). Where results/paper_numbers.yaml holds the paper's number for a
@@ -45,7 +45,8 @@ import yaml
 from utils.config import REAL_NOISE_DATASETS
 from utils.errors import UserError
 from utils.io import atomic_write_text
-from utils.paper_numbers import DEFAULT_PATH as PAPER_PATH, PaperNumber, PaperNumbers, empty, load_paper_numbers
+from experiments.paper_numbers import DEFAULT_PATH as PAPER_PATH, PaperNumber, PaperNumbers, empty, load_paper_numbers
+from utils.methods import method_of
 from utils.run_dir import CHECKPOINT, CONFIG, LOG, SUMMARY
 
 CSV_FIELDS = ("dataset", "noise", "noise_mode", "noise_ratio", "actual_noise_rate", "seed", "backbone", "method",
@@ -68,6 +69,8 @@ ABLATION_COLUMNS = {NO_ADAPTATION: "no adaptation", "DeFT-PEFT": "PEFT", "DeFT":
 CIFAR_N_DEFAULT_KEYS = {"cifar100": "noisy_label", "cifar10": "worse_label"}
 RUN_FOLDER = re.compile(r"(^|_)seed\d+$")
 VARIANT = re.compile(r"(.+) \(m=(\d+)\)")  # Robust Similarity with m prompt blocks
+# the tables' word for a method's role in utils/methods.py
+TABLE_OF_ROLE = {"detector": "detection", "trainer": "accuracy", "both": "both"}
 ANNOTATION = "clip_annotation"  # Co-Reg's noise: candidate labels annotated by CLIP, no dataset label used
 
 
@@ -100,7 +103,8 @@ def run_row(summary_path: str, root: str) -> Optional[dict]:
     run_dir = os.path.dirname(summary_path)
     config = _read_config(os.path.join(run_dir, CONFIG))
     script = str(summary.get("script", ""))
-    method, role = _method_and_role(script, summary)
+    method, role = method_of(script, summary, config)
+    role = TABLE_OF_ROLE.get(role, role)
     if method is None:
         return None
     noise = summary.get("noise") or {}
@@ -124,29 +128,6 @@ def run_row(summary_path: str, root: str) -> Optional[dict]:
         "best_acc": summary.get("best_test_acc"), "last_acc": summary.get("last_test_acc"),
         "run_dir": os.path.relpath(run_dir, root),
     }
-
-
-def _method_and_role(script: str, summary: dict) -> tuple[Optional[str], str]:
-    """(method name, 'detection' | 'accuracy' | 'both'), from the script and what the summary holds."""
-    base = script[len("real_"):] if script.startswith("real_") else script
-    if base == "phase1":
-        return "DeFT", "detection"
-    if base == "phase2":
-        mask_method = summary.get("mask_method", "DeFT")
-        if summary.get("adaptation") == "PEFT":  # Figure 3's PEFT adaptation (a PEFT YAML in phase 2)
-            return ("DeFT-PEFT" if mask_method == "DeFT" else f"{mask_method}+PEFT"), "accuracy"
-        return ("DeFT" if mask_method == "DeFT" else f"{mask_method}+FFT"), "accuracy"
-    if base == "small_loss":
-        return "SmallLoss", "detection"
-    if base in ("baseline", "robust_similarity", "coreg"):  # the sister methods name themselves too
-        method = summary.get("method")
-        if base == "robust_similarity" and summary.get("rs_blocks") is not None:
-            # the seed's ablation varies m at fixed noise and seed: one row per m, never averaged together
-            method = f"{method} (m={summary['rs_blocks']})"
-        has_mask = "clean_mask" in summary
-        has_acc = "best_test_acc" in summary
-        return method, ("both" if has_mask and has_acc else "detection" if has_mask else "accuracy")
-    return None, ""
 
 
 def noise_label(mode: Optional[str], ratio) -> str:
@@ -490,7 +471,7 @@ def main(argv: Optional[list[str]] = None) -> str:
     print(f"{len(rows)} runs, {len(cells)} table cells, {len(unfinished)} folders skipped (no summary.json) -> "
           f"{os.path.join(out, 'results.md')}, results.csv, results_cells.csv")
     if args.figures:
-        from utils import plots
+        from experiments import plots
 
         try:
             written = plots.sweep_figures(cells, os.path.join(out, "figures"), exclude=(NO_ADAPTATION,))

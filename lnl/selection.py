@@ -1,10 +1,11 @@
 """Clean-sample selection rules and how good a selection is.
 
-`dual_prompt_selection` is DeFT's rule (official-behaviour.md §1.1 step 3-4, §1.2); the
+`dual_prompt_selection` is DeFT's rule (HotanLee/DeFT main_phase1.py:53-57; the
+real-noise variant adds an argmax condition, main_real_phase1.py:49-52); the
 metrics score a selection against the truly clean samples at dataset level (our default)
 and as the official per-batch mean (for comparison with the official progress line).
-The small-loss baseline's forget-rate schedule and per-batch rule (§1.5, §4.1) are at the end;
-the GMM rules (the GMM baseline, TURN) are in `utils/gmm.py`.
+The small-loss baseline's forget-rate schedule and per-batch rule (HotanLee/DeFT
+main_small_loss.py:141-146, :41-54) are at the end; the GMM rules (the GMM baseline, TURN) are in `lnl/gmm.py`.
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def batch_mean_scores(selected: np.ndarray, is_clean: np.ndarray, batch_ids: np.
 
 
 class BatchMeanScores:
-    """The official per-batch mean of precision_b and recall_b (§1.1 step 10).
+    """The official per-batch mean of precision_b and recall_b (HotanLee/DeFT main_phase1.py:83-89).
 
     A batch with no selected sample adds nothing but still counts in the denominator; a batch
     with no clean sample adds nothing to recall (the official code would add NaN/inf there).
@@ -143,12 +144,14 @@ class BatchMeanScores:
 
 # ---------------------------------------------------------------- small-loss baseline
 def oracle_forget_rate(noise_mode: str, noise_ratio: float) -> float:
-    """The official small-loss forget rate: the configured noise ratio, halved for 'str' (§1.5)."""
+    """The official small-loss forget rate: the configured noise ratio, halved for 'str'
+    (HotanLee/DeFT main_small_loss.py:141-146)."""
     return noise_ratio / 2 if noise_mode == "str" else noise_ratio
 
 
 def forget_rate_schedule(rate: float, epochs: int, warmup: int) -> np.ndarray:
-    """τ_e for e = 1..E: `rate` everywhere, the first `warmup` entries linspace(0, rate, warmup) (§1.5).
+    """τ_e for e = 1..E: `rate` everywhere, the first `warmup` entries linspace(0, rate, warmup)
+    (HotanLee/DeFT main_small_loss.py:141-146).
 
     With warmup = 1 the first epoch keeps every sample (τ_1 = 0). Index with epoch - 1.
     """

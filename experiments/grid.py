@@ -2,15 +2,16 @@
 
 A grid names datasets x noise settings x seeds x backbones x methods; each combination is a cell, and
 each cell is the commands its method means (DeFT = phase 1 with the PEFT YAML, then phase 2 with the
-FFT YAML; GMM = main_baseline.py --lnl_methods GMM; ...; see METHODS), with the run directory each
-command will write. utils/sweep.py runs or prints them. Format (a YAML mapping; unknown keys are errors):
+FFT YAML; GMM = main_baseline.py --lnl_methods GMM; ...; see METHODS, made from the table of methods in
+utils/methods.py), with the run directory each command will write. experiments/sweep.py runs or
+prints them. Format (a YAML mapping; unknown keys are errors):
 
     description: free text
     output_dir: ./output            # optional: passed as --opts output_dir=... (default: the YAMLs')
     opts: [epochs=5]                # --opts for every command (seed and output_dir have their own keys)
     seeds: [0]                      # default [0]
-    datasets:                       # a paper dataset by name (config/PEFT/<name>.yaml, config/FFT/<name>.yaml),
-      - cifar100                    # or a mapping with its own YAMLs and --opts
+    datasets:                       # a paper dataset by name (config/PEFT/<name>.yaml, config/FFT/<name>.yaml,
+      - cifar100                    # config/coreg/<name>.yaml), or a mapping with its own YAMLs and --opts
       - {name: fashion_mnist, peft: ./config/demo/PEFT/fashion_mnist.yaml,
          fft: ./config/demo/FFT/fashion_mnist.yaml, opts: [max_train_samples=2000]}
     noise: [sym0.2, idn0.4]         # or {sym: [0.2, 0.4], idn: [0.4]}; real-noise datasets ignore it
@@ -35,18 +36,19 @@ from typing import Iterable, Optional, Sequence
 
 import yaml
 
-from utils.config import REAL_NOISE_DATASETS, Config, ConfigError, read_yaml_file
+from utils.config import NOISE_MODES as ALL_NOISE_MODES, REAL_NOISE_DATASETS, TIMM_ALIASES, Config, ConfigError, \
+    read_yaml_file
 from utils.errors import UserError
+from utils.methods import ADAPTATION, METHODS as TABLE, Method, adaptation_run_name, run_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# datasets/noise.py NOISE_MODES without "none" (not imported: the datasets package pulls in torch)
-NOISE_MODES = ("sym", "asym", "str", "idn", "asym_cifar10", "asym_cifar100")
-TIMM_ALIASES = ("vit", "resnet", "convnext", "mae")  # models/timm_backbones.py OFFICIAL_TIMM_BACKBONES
+NOISE_MODES = tuple(mode for mode in ALL_NOISE_MODES if mode != "none")
 DEFAULT_BACKBONE = "clip"  # the YAML's own CLIP model: no --backbone flag
 GRID_KEYS = ("description", "output_dir", "opts", "seeds", "datasets", "noise", "backbones", "methods",
              "method_opts", "experiments")
 BLOCK_KEYS = ("description", "opts", "seeds", "datasets", "noise", "backbones", "methods", "method_opts")
-DATASET_KEYS = ("name", "peft", "fft", "opts")
+YAML_KINDS = ("peft", "fft", "coreg", "robust_similarity")  # a dataset's YAMLs; a method runs with one of them (utils/methods.py)
+DATASET_KEYS = ("name", *YAML_KINDS, "opts")
 RESERVED_OPTS = {"seed": "seeds", "output_dir": "output_dir", "noise_mode": "noise", "noise_ratio": "noise",
                  "backbone": "backbones", "lnl_methods": "methods", "clean_mask": "methods"}
 
@@ -56,52 +58,50 @@ class GridError(UserError, ValueError):
 
 
 # ---------------------------------------------------------------- methods: which scripts a method means
+ADAPT = "adaptation"  # phase 2 (utils/methods.py ADAPTATION) on the clean mask of the cell's first step
+
+
 @dataclass(frozen=True)
 class Step:
-    """One script call of a method: script kind, YAML (PEFT or FFT), baseline name, backbone use."""
+    """One script call of a grid method: a row of the table of methods (or ADAPT) and its YAML."""
 
-    kind: str  # phase1 | phase2 | small_loss | baseline
-    config: str  # peft | fft
-    lnl_method: Optional[str] = None  # --lnl_methods of a baseline
-    takes_backbone: bool = False  # gets --backbone (phase 2 and the trained baselines)
+    method: str  # a key of utils/methods.py METHODS, or ADAPT
+    config: str  # which of the dataset's YAMLs: peft | fft | coreg
 
+    @property
+    def row(self) -> Method:
+        return ADAPTATION if self.method == ADAPT else TABLE[self.method]
 
-PHASE1 = Step("phase1", "peft")
-SMALL_LOSS = Step("small_loss", "peft")
-LABEL_MATCH = Step("baseline", "peft", "LabelMatch")
-
-
-def _baseline(name: str) -> Step:
-    return Step("baseline", "fft", name, takes_backbone=True)
+    @property
+    def takes_backbone(self) -> bool:
+        """Gets --backbone: it trains a backbone and is not a detector (masks come from the YAML's CLIP)."""
+        return self.row.trains_backbone and self.row.role != "detector"
 
 
-# The later steps of a method read the clean mask of its first step (phase 2 after phase 1, or after a
-# baseline's mask via --clean_mask). Mask producers always run on the YAML's CLIP model, as phase 1.
+# Every method of the table alone; DeFT = phase 1, then phase 2 on its mask (Tables 2-4), or phase 1
+# alone (Tables 1 and 8), or phase 1 then PEFT adaptation (Figure 3); and every other detector's
+# mask, then DeFT's phase 2 (main_phase2.py --clean_mask).
 METHODS: dict[str, tuple[Step, ...]] = {
-    "DeFT": (PHASE1, Step("phase2", "fft", takes_backbone=True)),  # Tables 2-4: phase 1, then FFT on its mask
-    "DeFT-phase1": (PHASE1,),  # Tables 1 and 8: detection only
-    "DeFT-PEFT": (PHASE1, Step("phase2", "peft")),  # Figure 3: PEFT adaptation on the clean subset
-    "SmallLoss": (SMALL_LOSS,),
-    "LabelMatch": (LABEL_MATCH,),
-    **{name: (_baseline(name),) for name in ("CE", "GCE", "ELR", "SCE", "GMM", "TURN")},
-    # another detector's mask, then DeFT's phase 2 (main_phase2.py --clean_mask)
-    "SmallLoss+FFT": (SMALL_LOSS, Step("phase2", "fft", takes_backbone=True)),
-    "LabelMatch+FFT": (LABEL_MATCH, Step("phase2", "fft", takes_backbone=True)),
-    "GMM+FFT": (Step("baseline", "fft", "GMM"), Step("phase2", "fft", takes_backbone=True)),
-    "TURN+FFT": (Step("baseline", "fft", "TURN"), Step("phase2", "fft", takes_backbone=True)),
+    **{name: (Step(name, row.config),) for name, row in TABLE.items()},
+    "DeFT": (Step("DeFT", "peft"), Step(ADAPT, "fft")),
+    "DeFT-phase1": (Step("DeFT", "peft"),),
+    "DeFT-PEFT": (Step("DeFT", "peft"), Step(ADAPT, "peft")),
+    **{f"{name}+FFT": (Step(name, row.config), Step(ADAPT, "fft"))
+       for name, row in TABLE.items() if name != "DeFT" and row.role != "trainer"},
 }
-MASK_METHOD = {"phase1": "DeFT", "small_loss": "SmallLoss"}  # clean_mask.json "method" of a producer
 
 
 # ---------------------------------------------------------------- the expanded grid
 @dataclass(frozen=True)
 class Dataset:
-    """A dataset of the grid: its name, the PEFT and FFT YAMLs, and --opts for its commands."""
+    """A dataset of the grid: its name, its YAMLs (PEFT, FFT, Co-Reg's), and --opts for its commands."""
 
     name: str
     peft: Optional[str]
     fft: Optional[str]
     opts: tuple[str, ...] = ()
+    coreg: Optional[str] = None
+    robust_similarity: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -272,13 +272,14 @@ def _dataset_entry(item: dict, where: str) -> Dataset:
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise GridError(f"{where}: a dataset mapping needs a name, found {item!r}")
-    if "peft" not in item and "fft" not in item:
-        raise GridError(f"{where}: dataset '{name}' needs a peft and/or fft YAML path")
-    for key in ("peft", "fft"):
+    if not any(kind in item for kind in YAML_KINDS):
+        raise GridError(f"{where}: dataset '{name}' needs a YAML path ({', '.join(YAML_KINDS)})")
+    for key in YAML_KINDS:
         if key in item and not isinstance(item[key], str):
             raise GridError(f"{where}: dataset '{name}': {key} must be a YAML path, found {item[key]!r}")
     return Dataset(name, item.get("peft"), item.get("fft"),
-                   tuple(f"{k}={v}" for k, v in _opts(item.get("opts"), f"{where}: {name}: opts").items()))
+                   tuple(f"{k}={v}" for k, v in _opts(item.get("opts"), f"{where}: {name}: opts").items()),
+                   item.get("coreg"), item.get("robust_similarity"))
 
 
 def paper_datasets() -> list[str]:
@@ -303,7 +304,10 @@ def _resolve_datasets(value, definitions: dict[str, Dataset], where: str) -> lis
         elif isinstance(item, str) and item in definitions:
             resolved.append(definitions[item])
         elif isinstance(item, str) and item in known:
-            resolved.append(Dataset(item, f"./config/PEFT/{item}.yaml", f"./config/FFT/{item}.yaml"))
+            own = {kind: f"./config/{kind}/{item}.yaml" for kind in ("coreg", "robust_similarity")}
+            resolved.append(Dataset(item, f"./config/PEFT/{item}.yaml", f"./config/FFT/{item}.yaml",
+                                    **{kind: path for kind, path in own.items()
+                                       if os.path.isfile(os.path.join(ROOT, path))}))
         else:
             raise GridError(f"{where}: unknown dataset {item!r}; expected one of {', '.join(known)} "
                             "(config/PEFT and config/FFT YAMLs), a name defined at the top level, or a mapping "
@@ -402,6 +406,7 @@ class _YamlFacts:
     output_dir: str
     real_noise: bool
     label_key: Optional[str]
+    values: dict = field(default_factory=dict)  # every config key: defaults < YAML < --opts (run names)
 
 
 def _yaml_facts(path: str, opts: dict[str, str], where: str) -> _YamlFacts:
@@ -424,7 +429,8 @@ def _yaml_facts(path: str, opts: dict[str, str], where: str) -> _YamlFacts:
     mode, dataset = value("noise_mode"), value("dataset")
     return _YamlFacts(str(dataset), int(values.get("seed", defaults.seed)), str(value("output_dir")),
                       mode == "real" or dataset in REAL_NOISE_DATASETS,
-                      value("cifar_n_label_key") if mode == "real" else None)
+                      value("cifar_n_label_key") if mode == "real" else None,
+                      {key: value(key) for key in defaults.to_dict()})
 
 
 def read_scalar(raw: str):
@@ -459,20 +465,35 @@ def _block_cells(block: dict, opts: dict[str, str], definitions: dict[str, Datas
                 for backbone, backbone_opts in backbones:
                     for method in methods:
                         steps = METHODS[method]
+                        noise_label = steps[0].row.noise_label
+                        if noise_label is not None and setting != settings[0]:
+                            continue  # its labels are not the noisy ones: one cell, whatever the noise grid
+                        cell_setting = None if noise_label is not None else setting
                         if backbone != DEFAULT_BACKBONE and not any(s.takes_backbone for s in steps):
                             raise GridError(f"{where}: method {method} trains no backbone (it only detects); "
                                             f"list it in a block with backbones [{DEFAULT_BACKBONE}], not {backbone}")
                         layers = (dataset_opts, backbone_opts, method_opts.get(method, {}))
-                        commands = _commands(dataset, setting, seed, backbone, method, layers, output_dir,
+                        commands = _commands(dataset, cell_setting, seed, backbone, method, layers, output_dir,
                                              f"{where}: {dataset.name}/{method}")
-                        label = "real" if setting is None else f"{setting[0]}{setting[1]:g}"
-                        cells.append(Cell(dataset.name, label, seed, backbone, method, commands))
+                        label = noise_label or ("real" if setting is None else f"{setting[0]}{setting[1]:g}")
+                        cells.append(Cell(dataset.name, label, seed, backbone,
+                                          _method_label(method, dataset, layers, where), commands))
     return cells
+
+
+def _method_label(method: str, dataset: Dataset, layers: tuple[dict, dict, dict], where: str) -> str:
+    """The method's name in the cell: the table's label where it has one, e.g. RobustSimilarity (m=4)."""
+    first = METHODS[method][0]
+    if first.method == ADAPT or not first.row.label or method != first.method:
+        return method
+    path = getattr(dataset, first.config)
+    values = _yaml_facts(path, _merge_opts(layers[0], layers[2]), where).values if path else {}
+    return first.row.label.format(**values)
 
 
 def _dataset_is_real(dataset: Dataset, opts: dict[str, str], where: str) -> bool:
     facts = [_yaml_facts(path, opts, f"{where}: dataset '{dataset.name}'")
-             for path in (dataset.peft, dataset.fft) if path]
+             for path in (getattr(dataset, kind) for kind in YAML_KINDS) if path]
     if len({f.real_noise for f in facts}) > 1:
         raise GridError(f"{where}: dataset '{dataset.name}': its PEFT and FFT YAMLs disagree on real label noise")
     return facts[0].real_noise
@@ -498,27 +519,26 @@ def _commands(dataset: Dataset, setting: Optional[tuple[str, float]], seed: int,
 def _command(dataset: Dataset, setting, seed: int, backbone: str, step: Step, opts: dict[str, str],
              output_dir: Optional[str], where: str, producer: Optional[Command],
              producer_step: Optional[Step]) -> Command:
-    path = dataset.peft if step.config == "peft" else dataset.fft
+    path = getattr(dataset, step.config)
     if not path:
-        raise GridError(f"{where}: needs the {step.config.upper()} YAML of dataset '{dataset.name}' "
+        kind = step.config.upper() if step.config in ("peft", "fft") else step.config
+        raise GridError(f"{where}: needs the {kind} YAML of dataset '{dataset.name}' "
                         f"(add {step.config}: PATH to its definition)")
     facts = _yaml_facts(path, opts, where)
     real = facts.real_noise
-    script = f"main_{'real_' if real and step.kind != 'small_loss' else ''}{step.kind}.py"
+    script = step.row.real_script if real and step.row.real_script else step.row.script
     args = ["--cfg", path]
     if setting is not None:
         args += ["--noise_mode", setting[0], "--noise_ratio", f"{setting[1]:g}"]
-    if step.lnl_method:
-        args += ["--lnl_methods", step.lnl_method]
+    args += list(step.row.flags)
     if backbone != DEFAULT_BACKBONE:
         args += ["--backbone", backbone]
-    mask_suffix = ""
-    if producer is not None and producer_step is not None and producer_step.kind != "phase1":
+    mask_method = None
+    if producer is not None and producer_step is not None and producer_step.method != "DeFT":
         if producer.run_dir is None:
             raise GridError(f"{where}: cannot tell where the mask of {producer.text()} will be")
         args += ["--clean_mask", os.path.join(producer.run_dir, "clean_mask.npy")]
-        mask_method = MASK_METHOD.get(producer_step.kind, producer_step.lnl_method)
-        mask_suffix = f"_from_{str(mask_method).lower()}"
+        mask_method = producer_step.method  # the "method" its clean_mask.json names
     extra = dict(opts)
     if seed != facts.seed:
         extra["seed"] = str(seed)
@@ -528,10 +548,10 @@ def _command(dataset: Dataset, setting, seed: int, backbone: str, step: Step, op
         out = output_dir
     if extra:
         args += ["--opts", *(f"{k}={v}" for k, v in extra.items())]
-    run_dir = _run_dir(out, step, real, facts, setting, seed, backbone, mask_suffix)
-    if producer is not None and producer_step is not None and producer_step.kind == "phase1" and run_dir:
+    run_dir = _run_dir(out, step, facts, setting, seed, backbone, mask_method)
+    if producer is not None and producer_step is not None and producer_step.method == "DeFT" and run_dir:
         # phase 2 finds phase 1's mask by its own dataset, noise, seed and output_dir
-        expected = os.path.join(out, "real_phase1" if real else "phase1", *run_dir.split(os.sep)[-2:])
+        expected = os.path.join(out, run_name("DeFT", facts.values, real=real), *run_dir.split(os.sep)[-2:])
         if os.path.normpath(expected) != os.path.normpath(str(producer.run_dir)):
             raise GridError(f"{where}: phase 2 ({path}) would look for phase 1's mask in {expected}, but phase 1 "
                             f"({dataset.peft}) writes to {producer.run_dir}: give both YAMLs the same dataset and "
@@ -539,26 +559,24 @@ def _command(dataset: Dataset, setting, seed: int, backbone: str, step: Step, op
     return Command(script, tuple(args), run_dir, (producer.key,) if producer is not None else ())
 
 
-def _run_dir(output_dir: str, step: Step, real: bool, facts: _YamlFacts, setting, seed: int, backbone: str,
-             mask_suffix: str) -> Optional[str]:
-    """Where the script will write (utils/run_dir.run_path and the scripts' run names); None if unknown."""
+def _run_dir(output_dir: str, step: Step, facts: _YamlFacts, setting, seed: int, backbone: str,
+             mask_method: Optional[str]) -> Optional[str]:
+    """Where the script will write (utils/run_dir.run_path, named by utils/methods.py); None if unknown."""
     if backbone == DEFAULT_BACKBONE:
         suffix = ""
     elif backbone in TIMM_ALIASES:
         suffix = f"_{backbone}"
     else:
         return None  # any other name: only the script knows whether it is a CLIP or a timm model
-    prefix = "real_" if real else ""
-    if step.kind == "phase1":
-        name = f"{prefix}phase1"
-    elif step.kind == "phase2":
-        name = f"{prefix}phase2{suffix}" + ("_peft" if step.config == "peft" else "") + mask_suffix
-    elif step.kind == "small_loss":
-        name = "small_loss"
+    real = facts.real_noise
+    if step.method == ADAPT:
+        name = adaptation_run_name(suffix, step.config == "peft", mask_method, real)
     else:
-        name = f"{prefix}baseline_{step.lnl_method.lower()}{suffix}"
+        name = run_name(step.method, facts.values, suffix, real)
     if real:
         leaf = f"{facts.label_key}_seed{seed}" if facts.label_key else f"seed{seed}"
+    elif setting is None:  # labels of its own (Co-Reg): the YAML's noise settings, as utils/run_dir.noise_tag
+        leaf = f"{facts.values['noise_mode'] or 'none'}{float(facts.values['noise_ratio'])}_seed{seed}"
     else:
         leaf = f"{setting[0]}{float(setting[1])}_seed{seed}"
     return os.path.join(output_dir, name, facts.dataset, leaf)

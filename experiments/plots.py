@@ -1,7 +1,7 @@
 """Figures: per-run curves, the p_clean histogram of a detector, and noise-ratio sweeps across runs.
 
-    python -m utils.plots run output/phase1/cifar100/sym0.2_seed0 [more run dirs] [--out DIR]
-    python -m utils.collect_results output/ --figures      # the sweep figures, from the tables' cells
+    python -m experiments.plots run output/phase1/cifar100/sym0.2_seed0 [more run dirs] [--out DIR]
+    python -m experiments.collect_results output/ --figures      # the sweep figures, from the tables' cells
 
 - `curves.png`: selection precision / recall / F1 (left, where the run selects samples) and test
   accuracy (right) per epoch, from metrics.jsonl.

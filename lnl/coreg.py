@@ -1,8 +1,12 @@
-"""Co-Reg (seed 004): the maths of learning from CLIP's noisy partial labels with two networks.
+"""Co-Reg: the maths of learning from CLIP's noisy partial labels with two networks.
 
-Wang et al., "Bridging Weakly-Supervised Learning and VLM Distillation: Noisy Partial Label
-Learning for Efficient Downstream Adaptation" (AAAI 2025 "Pre-Trained Vision-Language Models as
-Noisy Partial Annotators", extended). Every function is pure: tensors or arrays in, out.
+Wang, Xie, Zhang, Liu, Xia, "Bridging Weakly-Supervised Learning and VLM Distillation: Noisy Partial
+Label Learning for Efficient Downstream Adaptation" (extending the AAAI 2025 "Pre-Trained
+Vision-Language Models as Noisy Partial Annotators"). Every function is pure: tensors or arrays in,
+out. The numbered parts follow the paper's pipeline (docs/sister_methods.md): 1 is its Figure 1,
+3-4 its Co-Pseudo-Labeling (Figure 2), 5-7 its self-training, prototypical similarity alignment
+(Proposition 1: the prototype of class j is the mean projected feature of that class) and noisy
+supervised contrastive learning (Figure 3).
 
 1. Annotation: CLIP with d prompt templates; the candidate set S_i of image i is the union of the
    templates' top-1 predictions (paper, official default) or comes from the template-averaged
@@ -28,19 +32,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.gmm import GMMSettings, clean_probability, minmax_normalize
+from lnl.gmm import GMMSettings, clean_probability, minmax_normalize
 
 CANDIDATE_MODES = ("template_union", "topk", "prob_threshold", "prob_ratio")
 
 
 # ---------------------------------------------------------------- 1. annotation
-def template_probabilities(image_features: torch.Tensor, text_features: torch.Tensor,
-                           logit_scale: float) -> torch.Tensor:
-    """(N, D) image and (T, C, D) text features (both normalised) -> (T, N, C) per-template softmax."""
-    logits = logit_scale * torch.einsum("nd,tcd->tnc", image_features.float(), text_features.float())
-    return logits.softmax(dim=-1)
-
-
 def candidate_sets(template_top1: torch.Tensor, mean_probs: torch.Tensor, mode: str = "template_union",
                    topk: int = 5, threshold: float = 0.5) -> torch.Tensor:
     """(N, C) bool candidate sets from the templates' top-1 labels (T, N) and the mean distribution (N, C).
@@ -160,6 +157,19 @@ def unlabeled_set_targets(probs: list[torch.Tensor], temperature: float) -> torc
     return sharpen(torch.stack(probs).float().mean(dim=0), temperature)
 
 
+def co_pseudo_labels(own_probs: list[torch.Tensor], other_probs: list[torch.Tensor], other_restricted: torch.Tensor,
+                     credibility: torch.Tensor, is_partial: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The paper's Co-Pseudo-Labeling (Figure 2): each sample's target (b, C) for the trainee.
+
+    own_probs / other_probs: the trainee's / the other network's predictions on the two weak views;
+    other_restricted, credibility, is_partial: the other network's division. Partial-set rows get
+    `partial_set_targets`, unlabeled-set rows `unlabeled_set_targets` of all four predictions.
+    """
+    return torch.where(is_partial.view(-1, 1),
+                       partial_set_targets(own_probs, other_restricted, credibility, temperature),
+                       unlabeled_set_targets(own_probs + other_probs, temperature))
+
+
 # ---------------------------------------------------------------- 5. self-training with mixup
 def mixup_lambda(alpha: float) -> float:
     """l ~ Beta(α, α) from torch's global RNG (seeded per epoch), folded to max(l, 1 - l) so each
@@ -181,6 +191,20 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 def squared_error(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-row mean_j (softmax(logits)_j - t_j)² (the unlabeled-set loss)."""
     return ((logits.float().softmax(dim=1) - targets.float()) ** 2).mean(dim=1)
+
+
+def mean_over_views(rows: torch.Tensor) -> torch.Tensor:
+    """(2b,) values of the two strong-view rows of each sample (rows i and b + i) -> (b,) their mean."""
+    return rows.view(2, -1).mean(dim=0)
+
+
+def self_training_losses(logits: torch.Tensor, mixed_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (soft CE, squared error), (b,) each, of the mixed strong-view rows (2b, C) and their targets.
+
+    The caller keeps the soft CE for the partial set and λ_u times the squared error for the unlabeled set.
+    """
+    return (mean_over_views(soft_cross_entropy(logits, mixed_targets)),
+            mean_over_views(squared_error(logits, mixed_targets)))
 
 
 def rampup(epoch: int, warmup: int, length: int, weight: float) -> float:
@@ -259,3 +283,17 @@ def noisy_supcon_loss(features: torch.Tensor, positives: torch.Tensor, ignored: 
     log_prob = logits - log_denominator
     positives = positives.float()
     return -(positives * log_prob).sum(dim=1) / positives.sum(dim=1).clamp(min=1.0)
+
+
+def noisy_contrastive_loss(queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, is_partial: torch.Tensor,
+                           queue: torch.Tensor, queue_labels: torch.Tensor, queue_partial: torch.Tensor,
+                           temperature: float) -> torch.Tensor:
+    """Per-anchor noisy supervised contrast (b,) of the queries (b, d′) against [queries, own keys, queue].
+
+    labels / is_partial: the batch's pseudo-labels and division; queue*: the momentum encoder's
+    earlier keys with theirs. Masks from `contrastive_masks`, loss from `noisy_supcon_loss`.
+    """
+    size = len(queries)
+    positives, ignored = contrastive_masks(torch.cat([labels, labels, queue_labels]),
+                                           torch.cat([is_partial, is_partial, queue_partial]), size)
+    return noisy_supcon_loss(torch.cat([queries, keys, queue]), positives, ignored, size, temperature)

@@ -1,12 +1,12 @@
-"""Sweeps: run the commands of a grid (utils/grid.py) in order, or print them for a cluster array job.
+"""Sweeps: run the commands of a grid (experiments/grid.py) in order, or print them for a cluster array job.
 
-    python -m utils.sweep grids/table2.yaml                  # run every command here, one after the other
-    python -m utils.sweep grids/table2.yaml --torchrun 4     # each command on 4 GPUs (torchrun)
-    python -m utils.sweep grids/miniature.yaml --jobs 2      # 2 independent jobs at a time (CPU cores)
-    python -m utils.sweep grids/table2.yaml --print          # one line per job, for an array job
-    python -m utils.sweep grids/table2.yaml --print --torchrun 4
-    python -m utils.sweep grids/table2.yaml --dry_run        # every command and the state of its run
-    python -m utils.sweep grids/table2.yaml --only 'cifar100/sym0.2/*'   # cells dataset/noise/seed<k>/backbone/method
+    python -m experiments.sweep grids/table2.yaml                  # run every command here, one after the other
+    python -m experiments.sweep grids/table2.yaml --torchrun 4     # each command on 4 GPUs (torchrun)
+    python -m experiments.sweep grids/miniature.yaml --jobs 2      # 2 independent jobs at a time (CPU cores)
+    python -m experiments.sweep grids/table2.yaml --print          # one line per job, for an array job
+    python -m experiments.sweep grids/table2.yaml --print --torchrun 4
+    python -m experiments.sweep grids/table2.yaml --dry_run        # every command and the state of its run
+    python -m experiments.sweep grids/table2.yaml --only 'cifar100/sym0.2/*'   # cells dataset/noise/seed<k>/backbone/method
 
 Every command carries `--continue`: a finished run does nothing, an interrupted one resumes, any other
 starts; so running a sweep (or resubmitting an array job) again only does what is left. The runner
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from utils.errors import UserError
-from utils.grid import ROOT, Cell, Command, GridError, load_grid
+from experiments.grid import ROOT, Cell, Command, GridError, load_grid
 from utils.run_dir import SUMMARY, run_state
 
 

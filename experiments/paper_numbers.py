@@ -1,7 +1,7 @@
 """The paper's reported numbers (results/paper_numbers.yaml): loading, validation and look-up by table cell.
 
 A cell is (dataset, noise, method, backbone, metric) in the results collector's terms; a number
-without a backbone applies to every backbone. Every number names its source tag (paper-facts.md).
+without a backbone applies to every backbone. Every number names its source tag (the `sources` of results/paper_numbers.yaml).
 """
 from __future__ import annotations
 
@@ -44,20 +44,11 @@ class PaperNumber:
 
 
 class PaperNumbers:
-    """The loaded numbers, looked up by table cell."""
+    """The loaded numbers (the collector places each in its table cell) and the paper's claims."""
 
     def __init__(self, numbers: list[PaperNumber], claims: Optional[list[dict]] = None) -> None:
         self.numbers = list(numbers)
         self.claims = list(claims or [])
-
-    def lookup(self, dataset: str, noise: str, method: str, backbone: Optional[str],
-               metric: str) -> Optional[PaperNumber]:
-        """The paper's number for this cell, or None where the paper gives none (or we could not find it)."""
-        for number in self.numbers:
-            if (number.dataset, number.noise, number.method, number.metric) == (dataset, noise, method, metric) and \
-                    (number.backbone is None or backbone is None or number.backbone == backbone):
-                return number
-        return None
 
     def __len__(self) -> int:
         return len(self.numbers)

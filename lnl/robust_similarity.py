@@ -1,4 +1,4 @@
-"""Robust Similarity (seed 002): prompt similarity, feature similarity, their blend and the filter.
+"""Robust Similarity: prompt similarity, feature similarity, their blend and the filter.
 
 For every training sample i with noisy label y_i:
 
@@ -25,8 +25,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from utils.gmm import GMMSettings, clean_probability
-from utils.losses import gce_loss
+from lnl.gmm import GMMSettings, clean_probability
+from lnl.losses import gce_loss
 
 ENSEMBLES = ("mean_prob", "vote")
 DISTANCES = ("cosine", "euclidean")
@@ -52,17 +52,6 @@ def prompt_similarity(block_logits: torch.Tensor, labels: torch.Tensor, mode: st
 
 
 # ---------------------------------------------------------------- feature similarity
-def mutual_distance_matrix(features: torch.Tensor, distance: str = "cosine") -> torch.Tensor:
-    """(n, D) features of one group -> (n, n) distances: 1 - cos (cosine) or the L2 distance."""
-    if distance not in DISTANCES:
-        raise ValueError(f"rs_distance must be one of {DISTANCES}, got {distance!r}")
-    features = features.float()
-    if distance == "cosine":
-        unit = torch.nn.functional.normalize(features, dim=1)
-        return (1.0 - unit @ unit.t()).clamp(min=0.0)
-    return torch.cdist(features, features)
-
-
 def feature_distance(features: torch.Tensor, labels: torch.Tensor, num_classes: int, distance: str = "cosine",
                      chunk: int = 1024) -> torch.Tensor:
     """d_i (N,): the mean distance of sample i to the other samples with its noisy label.
@@ -77,14 +66,15 @@ def feature_distance(features: torch.Tensor, labels: torch.Tensor, num_classes: 
         if n < 2:
             continue
         group = features[members].float()
-        sums = torch.cat([_distance_rows(group[start:start + chunk], group, distance).sum(dim=1)
+        sums = torch.cat([distance_rows(group[start:start + chunk], group, distance).sum(dim=1)
                           for start in range(0, n, chunk)])
         distances[members] = (sums / (n - 1)).cpu()  # the diagonal is 0: the mean over the others
     return distances
 
 
-def _distance_rows(rows: torch.Tensor, group: torch.Tensor, distance: str) -> torch.Tensor:
-    """Rows of the group's mutual-distance matrix: distances from `rows` to every member."""
+def distance_rows(rows: torch.Tensor, group: torch.Tensor, distance: str) -> torch.Tensor:
+    """Rows of a group's mutual-distance matrix, (r, n): from each of `rows` to every member of
+    `group`, 1 - cos (cosine) or the L2 distance."""
     if distance == "cosine":
         unit = torch.nn.functional.normalize(group, dim=1)
         return (1.0 - torch.nn.functional.normalize(rows, dim=1) @ unit.t()).clamp(min=0.0)
@@ -119,7 +109,7 @@ def _minmax(values: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- the blend and the filter
 def alpha_schedule(epoch: int, base: float = 0.2, tau: float = 35.0, cap: float = 1.0) -> float:
-    """α = base · e^{(epoch - 1) / tau}, capped at `cap`; `epoch` is 1-based (the seed counts from 0)."""
+    """α = base · e^{(epoch - 1) / tau}, capped at `cap`; `epoch` is 1-based (the Robust Similarity paper counts from 0)."""
     return min(cap, base * math.exp((epoch - 1) / tau))
 
 

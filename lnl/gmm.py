@@ -1,8 +1,8 @@
 """Loss-based clean-sample selection with two-component Gaussian mixtures.
 
-`gmm_selection` is the DivideMix-style rule of the official GMM baseline (official-behaviour.md
-§4.2, in fp32 instead of fp16); `per_class_gmm_selection` and `class_balanced_subsample` are
-TURN's cleansing step (seed 003, §4.1.2, Step 2-1):
+`gmm_selection` is the DivideMix-style rule of the official GMM baseline (HotanLee/DeFT
+main_baseline.py:45-72, in fp32 instead of fp16); `per_class_gmm_selection` and `class_balanced_subsample` are
+TURN's cleansing step (the TURN paper, Section 4.1.2, Step 2-1):
 D_clean = ∪_c U(D_clean^c, N), D_clean^c = {i : ỹ_i = c, p_l^c(ℓ_i) > τ}, N = min_c |D_clean^c|.
 All functions are pure: NumPy arrays in, NumPy arrays out.
 """
@@ -19,7 +19,7 @@ from sklearn.mixture import GaussianMixture
 
 @dataclass(frozen=True)
 class GMMSettings:
-    """sklearn GaussianMixture settings; the defaults are the official ones (§4.2)."""
+    """sklearn GaussianMixture settings; the defaults are the official ones (HotanLee/DeFT main_baseline.py:64)."""
 
     max_iter: int = 10
     tol: float = 1e-2

@@ -1,19 +1,19 @@
 """Loss functions, as pure functions of logits and labels.
 
-`deft_phase1_loss` is DeFT's phase-1 objective L = L_sim + L_dp (official-behaviour.md §1.1
-steps 6-9; §1.2 for the real-noise variants). The baselines' robust losses follow: SCE (§4.3),
-GCE (TURN's step 1 and the GCE baseline) and ELR (§4.4, with its target memory). All maths runs
+`deft_phase1_loss` is DeFT's phase-1 objective L = L_sim + L_dp (HotanLee/DeFT
+main_phase1.py:64-75; main_real_phase1.py:57-74 for the real-noise variants). The baselines' robust
+losses follow: SCE (HotanLee/DeFT utils/lnl_methods.py:4-29), GCE (TURN's step 1 and the GCE baseline)
+and ELR (utils/lnl_methods.py:31-49, with its target memory). All maths runs
 in fp32 whatever the model dtype.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from utils.selection import dual_prompt_selection, pair_probabilities
+from lnl.selection import dual_prompt_selection, pair_probabilities
 
 LOG_CLAMP = 1e-5  # official clamp of the pair probabilities before the log
 
@@ -25,7 +25,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def sce_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
-    """Per-sample symmetric cross-entropy α·CE + β·RCE (official §4.3; A = -ln 1e-4)."""
+    """Per-sample symmetric cross-entropy α·CE + β·RCE (HotanLee/DeFT utils/lnl_methods.py:14-29; A = -ln 1e-4)."""
     logits = logits.float()
     ce = F.cross_entropy(logits, labels, reduction="none")
     probs = F.softmax(logits, dim=1).clamp(min=1e-7, max=1.0)
@@ -42,7 +42,7 @@ def gce_loss(logits: torch.Tensor, labels: torch.Tensor, q: float = 0.7) -> torc
 
 def elr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, lam: float = 5.0,
              beta: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Early-learning regularisation (official §4.4): the per-sample loss and the updated targets.
+    """Early-learning regularisation (HotanLee/DeFT utils/lnl_methods.py:41-49): the per-sample loss and the updated targets.
 
     p = clamp(softmax, 1e-4, 1 - 1e-4); first t_i <- β·t_i + (1-β)·sg(p_i)/Σ sg(p_i) (the rows of the
     N×C target memory for this batch, `targets`), then loss_i = CE_i + λ·ln(1 - <t_i, p_i>), p keeping
@@ -119,14 +119,3 @@ def deft_phase1_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, given_l
         - log_yes.gather(1, prompt_labels.view(-1, 1)).squeeze(1)
     p_clean = p_yes.detach().gather(1, given_labels.view(-1, 1)).squeeze(1)
     return Phase1LossOutput(cls_values, cls_weights, dp_values, selected, p_clean, prompt_labels, predictions)
-
-
-def check_finite(loss: torch.Tensor, where: str) -> None:
-    """Stop the run with a message on a NaN or infinite loss."""
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise FloatingPointError(
-            f"non-finite loss ({value}) at {where}; stopped before the update. Every finished epoch is "
-            "checkpointed: continue from the last one with a lower learning rate, e.g. --resume --opts "
-            "lr=<lower> (recorded in config_history.jsonl), or, if no epoch finished, run again with a lower "
-            "lr; precision: fp32 may also help")
