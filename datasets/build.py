@@ -31,6 +31,7 @@ from .folder_layout import ImageSplit
 from .images import files_fingerprint, load_rgb, resized_pixels
 from .noise import NOISE_MODES, LazyImages, actual_noise_rate, labels_sha256, load_or_make_noisy_labels
 from .noisy_dataset import NoisyLabelDataset, array_to_pil
+from .rendering import Rendering, render
 from .stanford_cars import read_stanford_cars
 from .tiny_imagenet import read_tiny_imagenet
 from .transforms import (NORMALIZATION, cifar_transforms, clothing1m_transforms, fashion_mnist_transforms,
@@ -158,7 +159,11 @@ def _read_fashion_mnist(cfg: Any) -> RawData:
     if cfg.max_test_samples is not None:  # the same test images for every seed: a fixed draw
         kept = np.sort(np.random.default_rng(0).permutation(len(test_labels))[: cfg.max_test_samples])
         test_images, test_labels = test_images[kept], test_labels[kept]
-    return RawData(train_images[downstream], train_labels[downstream], test_images, test_labels, 10,
+    # The shifted miniature's rendering, once at read time: the noise (idn reads pixels), training and
+    # test all see the rendered images, as they would a downstream dataset's own pixels.
+    rendering = Rendering(size=getattr(cfg, "render_size", None), floor=int(getattr(cfg, "render_floor", 0)))
+    return RawData(render(train_images[downstream], rendering), train_labels[downstream],
+                   render(test_images, rendering), test_labels, 10,
                    normalization="fashion_mnist", transforms=fashion_mnist_transforms,
                    sample_ids=downstream.tolist())
 

@@ -1,6 +1,7 @@
 """Pre-train a tiny CLIP contrastively on Fashion-MNIST, the "pretrained weights" of the offline miniature.
 
     python tools/pretrain_tiny_clip.py [--out output/demo/tiny_clip/fashion_mnist_clip.pt]
+    python tools/pretrain_tiny_clip.py --variant shifted      # a miniature's settings and checkpoint path
 
 Uses open_clip's model code (`deft-mini-vit`: 4-layer width-128 ViT, patch 7 at 28 px; 2-layer
 width-128 text tower) and open_clip's `ClipLoss`, on the pre-training part of the Fashion-MNIST
@@ -17,7 +18,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -178,16 +179,26 @@ def pretrain_cached(settings: PretrainSettings, out: Path, force: bool = False, 
     return pretrain(settings, out, log)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Pre-train with the defaults, or a miniature variant's settings (tools/miniature_variants.py), or flags."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--variant", default=None,
+                        help="a miniature variant (in_distribution, shifted): its settings and its YAMLs' checkpoint")
+    parser.add_argument("--out", default=None, help=f"checkpoint path (default: the variant's, else {DEFAULT_OUT})")
     parser.add_argument("--force", action="store_true", help="pre-train even if a matching checkpoint exists")
-    for key, value in asdict(PretrainSettings()).items():
-        parser.add_argument(f"--{key}", type=type(value), default=value)
-    args = parser.parse_args()
-    settings = PretrainSettings(**{k: getattr(args, k) for k in asdict(PretrainSettings())})
+    for key, value in asdict(PretrainSettings()).items():  # only the flags given override the base settings
+        parser.add_argument(f"--{key}", type=type(value), default=argparse.SUPPRESS, help=f"default {value}")
+    args = parser.parse_args(argv)
+    given = {key: getattr(args, key) for key in asdict(PretrainSettings()) if hasattr(args, key)}
+    settings, out = PretrainSettings(), DEFAULT_OUT
+    if args.variant is not None:
+        from tools.miniature_variants import get_variant  # here: that module imports this one
+
+        variant = get_variant(args.variant)
+        settings, out = variant.settings(), variant.checkpoint()
+    settings = replace(settings, **given)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    pretrain_cached(settings, Path(args.out), force=args.force)
+    pretrain_cached(settings, Path(args.out) if args.out else out, force=args.force)
 
 
 if __name__ == "__main__":

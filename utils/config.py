@@ -66,6 +66,11 @@ class Config:
     subsample_seed: Optional[int] = None  # seed of the Clothing1M subsample draw; None: seed
     subsample_file: Optional[str] = None  # clean_mask.json (or JSON id list) fixing the training subsample
     imagenet_val_path: Optional[str] = None  # webvision: None = <data_path>/imagenet/val; '' = no ImageNet test
+    # ---- the offline miniature's downstream rendering (fashion_mnist only; datasets/rendering.py) ----
+    # The shifted miniature draws the downstream images (training and test) unlike the tiny CLIP's
+    # pre-training images; the defaults leave them as they are (the in-distribution miniature).
+    render_size: Optional[int] = field(default=None, metadata=_range(1))  # area-average to this many px a side, up-sample back; None: native
+    render_floor: int = field(default=0, metadata=_range(0, 255))  # intensities 0..255 onto floor..255 (grey background); 0: as drawn
     # ---- noise ----
     noise_mode: str = ""
     noise_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))
@@ -269,6 +274,9 @@ def _check(cfg: Config) -> None:
     if len(set(cfg.class_names)) != len(cfg.class_names):
         dupes = sorted({n for n in cfg.class_names if cfg.class_names.count(n) > 1})
         raise ConfigError(f"class_names has duplicates: {dupes}")
+    if (cfg.render_size is not None or cfg.render_floor) and cfg.dataset not in ("fashion_mnist", ""):
+        raise ConfigError(f"render_size and render_floor render the offline miniature's images (fashion_mnist); "
+                          f"found them set for dataset {cfg.dataset!r}; remove them")
     if cfg.warmup > cfg.epochs:
         raise ConfigError(f"warmup ({cfg.warmup}) may not exceed epochs ({cfg.epochs})")
     if cfg.partial is not None and cfg.partial < 1:
