@@ -150,7 +150,7 @@ def _run(world, output, *opts, extra=()):
 
 def test_script_end_to_end_saves_a_mask_scored_like_every_detector(world, tmp_path):
     summary = _run(world, tmp_path, "rs_filter=threshold", "rs_threshold=0.6")
-    run = tmp_path / "robust_similarity" / "cifar10" / "sym0.4_seed0"
+    run = tmp_path / "robust_similarity_m2" / "cifar10" / "sym0.4_seed0"
     mask, scores = np.load(run / "clean_mask.npy"), np.load(run / "clean_scores.npy")
     truth = np.load(run / "truly_clean.npy")
     meta = json.loads((run / "clean_mask.json").read_text())
@@ -180,7 +180,7 @@ def test_few_shot_run_with_the_gmm_filter(world, tmp_path):
     summary = _run(world, tmp_path, "few_shot=5", "few_shot_noise=random", "epochs=1")
     assert summary["num_samples"] == 50 and summary["noise"]["few_shot"] == 5
     assert 0 < summary["num_selected"] <= 50 and "GMM" in json.loads(
-        (tmp_path / "robust_similarity" / "cifar10" / "sym0.4_seed0" / "clean_mask.json").read_text())["selection_rule"]
+        (tmp_path / "robust_similarity_m2" / "cifar10" / "sym0.4_seed0" / "clean_mask.json").read_text())["selection_rule"]
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(world, tmp_path, monkeypatch):
@@ -190,7 +190,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(world, tmp_path, m
         _run(world, tmp_path / "resumed")
     monkeypatch.setattr(main_robust_similarity, "train_one_epoch", real)
     _run(world, tmp_path / "resumed", extra=["--resume"])
-    runs = [tmp_path / kind / "robust_similarity" / "cifar10" / "sym0.4_seed0" for kind in ("straight", "resumed")]
+    runs = [tmp_path / kind / "robust_similarity_m2" / "cifar10" / "sym0.4_seed0" for kind in ("straight", "resumed")]
     stable = [[{k: v for k, v in r.items() if k not in ("seconds", "peak_memory_mb")} for r in read_metrics(str(run))]
               for run in runs]
     assert len(stable[0]) == 3 and stable[0] == stable[1]
@@ -206,7 +206,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(world, tmp_path, m
 def test_bad_values_are_refused_with_what_is_allowed(world, tmp_path, opts, message):
     with pytest.raises(ConfigError, match=message):
         main_robust_similarity.main(["--cfg", world["peft"], *NOISE, "--opts", *opts, f"output_dir={tmp_path}"])
-    assert not (tmp_path / "robust_similarity").exists()  # refused before a run directory was made
+    assert not any(tmp_path.glob("robust_similarity*"))  # refused before a run directory was made
 
 
 def test_micro_batches_and_two_processes_give_the_run_of_one(world, tmp_path):
@@ -220,7 +220,7 @@ def test_micro_batches_and_two_processes_give_the_run_of_one(world, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(root))
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = [tmp_path / kind / "robust_similarity" / "cifar10" / "sym0.4_seed0" for kind in ("single", "micro", "ddp")]
+    runs = [tmp_path / kind / "robust_similarity_m2" / "cifar10" / "sym0.4_seed0" for kind in ("single", "micro", "ddp")]
     masks = [np.load(run / "clean_mask.npy") for run in runs]
     assert np.array_equal(masks[0], masks[1]) and np.array_equal(masks[0], masks[2])
     records = [read_metrics(str(run)) for run in runs]

@@ -133,3 +133,36 @@ def test_sweep_then_tables_and_figures(tmp_path, monkeypatch):
     truly_clean = np.load(run / "truly_clean.npy")
     assert sum(hist["clean_counts"]) == truly_clean.sum() and sum(hist["noisy_counts"]) == (~truly_clean).sum()
     assert hist["auroc"] == _summary(output, "phase1", "sym0.2", 0)["mask_auroc"]
+
+
+def test_a_sister_methods_grid_runs_and_the_collector_names_its_rows(tmp_path, monkeypatch):
+    """Robust Similarity at two block counts (m in the run name: two runs, two rows) and Co-Reg (CLIP's
+    labels: one cell, no noise flags) through the runner and the collector, with no special case."""
+    from experiments.collect_results import collect
+
+    world = build_smoke_world(tmp_path / "world", per_class_train=6, per_class_test=2, epochs=1)
+    coreg = yaml.safe_load(Path(world["fft"]).read_text())
+    coreg.update(noise_mode="none", noise_ratio=0.0, warmup=1, epochs=2, coreg_width=4, coreg_proj_dim=8,
+                 coreg_queue_size=64, coreg_templates="miniature", resolution=16, coreg_annotation_resolution=32)
+    (tmp_path / "world" / "coreg.yaml").write_text(yaml.safe_dump(coreg))
+    grid = tmp_path / "world" / "grid.yaml"
+    grid.write_text(yaml.safe_dump({
+        "datasets": [{"name": "cifar10", "peft": "./PEFT.yaml", "robust_similarity": "./PEFT.yaml",
+                      "coreg": "./coreg.yaml"}],
+        "noise": ["sym0.4"],
+        "experiments": [{"methods": ["RobustSimilarity", "CoReg"], "opts": ["rs_blocks=1", "N_CTX=4"]},
+                        {"methods": ["RobustSimilarity"], "opts": ["rs_blocks=2", "N_CTX=4"]}]}))
+    monkeypatch.chdir(tmp_path / "world")
+    assert sweep.main([str(grid)], execute=in_process) == 0
+    output = Path(world["output"])
+    runs = sorted(p.name for p in output.iterdir() if p.name != "coreg_annotation")  # Co-Reg's CLIP label cache
+    assert runs == ["coreg", "robust_similarity_m1", "robust_similarity_m2"]
+    rows = {row["method"]: row for row in collect(str(output))}
+    assert set(rows) == {"RobustSimilarity (m=1)", "RobustSimilarity (m=2)", "CoReg"}
+    for m in (1, 2):
+        row = rows[f"RobustSimilarity (m={m})"]
+        summary = _summary(output, f"robust_similarity_m{m}", "sym0.4", 0)
+        assert (row["role"], row["noise"]) == ("both", "sym0.4") and summary["rs_blocks"] == m
+        assert row["f1"] == pytest.approx(100 * summary["mask_f1"])
+    assert (rows["CoReg"]["role"], rows["CoReg"]["noise"]) == ("accuracy", "clip_annotation")
+    assert rows["CoReg"]["best_acc"] == _summary(output, "coreg", "none0.0", 0)["best_test_acc"]
