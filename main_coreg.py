@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets import build_datasets, labels_sha256
+from datasets.rendering import Rendering
 from datasets.views import MultiViewDataset, strong_transform
 from models.annotator import Annotation, annotate_images, load_or_annotate, template_text_features, weights_fingerprint
 from models.clip_loader import image_dtype, load_clip, tokenizer_for
@@ -145,6 +146,9 @@ def annotate(cfg: Config, exp: Experiment, data) -> tuple[Annotation, str]:
                 "labels_sha256": labels_sha256(known), "num_test": len(data.test),
                 "sample_ids_sha256": None if data.sample_ids is None else
                 hashlib.sha256(json.dumps(list(map(str, data.sample_ids))).encode()).hexdigest()}
+    rendering = Rendering.of(cfg)
+    if not rendering.is_native:  # other pixels, other annotation (absent when native: older caches stay valid)
+        metadata["rendering"] = rendering.describe()
 
     def compute() -> Annotation:
         clip_model = load_clip(cfg.backbone, cfg.pretrained, cfg.precision, exp.device)

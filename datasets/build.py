@@ -58,6 +58,9 @@ class RawData:
     given_train_labels: Optional[np.ndarray] = None  # real noise: the human / web labels; None: synthetic
     label_source: str = ""  # real noise: where the given labels come from
     idn_images: Optional[LazyImages] = None  # file datasets: the pixels idn reads (default: train_items)
+    # part of the noise cache's name for another rendering of the same images (the shifted miniature's),
+    # so variants never overwrite each other's cache; "" for the images as distributed
+    noise_key: str = ""
     extra_tests: dict = field(default_factory=dict)  # name -> (items, labels), e.g. WebVision's ImageNet val
 
 
@@ -161,11 +164,11 @@ def _read_fashion_mnist(cfg: Any) -> RawData:
         test_images, test_labels = test_images[kept], test_labels[kept]
     # The shifted miniature's rendering, once at read time: the noise (idn reads pixels), training and
     # test all see the rendered images, as they would a downstream dataset's own pixels.
-    rendering = Rendering(size=getattr(cfg, "render_size", None), floor=int(getattr(cfg, "render_floor", 0)))
+    rendering = Rendering.of(cfg)
     return RawData(render(train_images[downstream], rendering), train_labels[downstream],
                    render(test_images, rendering), test_labels, 10,
                    normalization="fashion_mnist", transforms=fashion_mnist_transforms,
-                   sample_ids=downstream.tolist())
+                   sample_ids=downstream.tolist(), noise_key=rendering.cache_key())
 
 
 READERS: dict[str, Callable[[Any], RawData]] = {
@@ -285,8 +288,11 @@ def resolve_noise_seed(cfg: Any, noise_mode: str) -> int:
 
 def _noisy_labels(cfg: Any, noise_mode: str, raw: RawData) -> tuple[np.ndarray, dict]:
     cache_dir = _noise_cache_dir(cfg)
-    # A subsample gets its own cache name: its labels are not those of the full training set.
+    # A subsample gets its own cache name: its labels are not those of the full training set; so does another
+    # rendering of the images (idn reads the pixels), e.g. fashion_mnist-n2000-render10px-bg50.
     dataset_key = cfg.dataset if raw.sample_ids is None else f"{cfg.dataset}-n{len(raw.train_labels)}"
+    if raw.noise_key:
+        dataset_key = f"{dataset_key}-{raw.noise_key}"
     options = {"sym_exclude_true": bool(getattr(cfg, "sym_exclude_true", False)), **raw.noise_options}
     if getattr(cfg, "str_flip", None) is not None:  # None: the dataset's official str behaviour
         options["str_flip"] = cfg.str_flip

@@ -28,6 +28,17 @@ class Rendering:
         """True when rendering returns the images unchanged."""
         return self.size is None and self.floor == 0
 
+    @classmethod
+    def of(cls, cfg) -> "Rendering":
+        """The rendering a config asks for (its render_size and render_floor keys; absent: native)."""
+        return cls(size=getattr(cfg, "render_size", None), floor=int(getattr(cfg, "render_floor", 0) or 0))
+
+    def cache_key(self) -> str:
+        """'' when native, else e.g. 'render10px-bg50': names caches of what the rendered pixels decide."""
+        if self.is_native:
+            return ""
+        return "render" + ("" if self.size is None else f"{self.size}px") + (f"-bg{self.floor}" if self.floor else "")
+
     def describe(self) -> str:
         """A short human-readable name, e.g. '10 px up-sampled, background 50'."""
         parts = ([] if self.size is None else [f"{self.size} px up-sampled"]) + \

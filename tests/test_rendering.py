@@ -81,3 +81,25 @@ def test_the_reader_renders_the_downstream_training_and_test_images(tmp_path):
     assert native.sample_ids == data.sample_ids and native.given_labels_sha256 == data.given_labels_sha256
     kept = np.sort(np.random.default_rng(0).permutation(len(test_images))[:30])  # the reader's fixed test draw
     assert np.array_equal(np.asarray(data.test.images), render(test_images[kept], Rendering(size=10, floor=50)))
+
+
+def test_each_rendering_keeps_its_own_idn_noise_cache(tmp_path):
+    """idn reads the pixels, so the shifted and the in-distribution miniature draw different noisy labels from the
+    same images: each gets its own cache file, and the in-distribution name is the one it always had."""
+    require_fashion_mnist(DATA)
+    cache = tmp_path / "noise"
+    cfg = apply_overrides(Config(), {**load_yaml("config/demo/shifted/PEFT/fashion_mnist.yaml"),
+                                     "noise_mode": "idn", "noise_ratio": 0.4, "max_train_samples": 60,
+                                     "max_test_samples": 10, "output_dir": str(tmp_path),
+                                     "noise_cache_dir": str(cache)}, "test")
+    native_cfg = apply_overrides(cfg, {"render_size": None, "render_floor": 0}, "test")
+    assert Rendering(size=10, floor=50).cache_key() == "render10px-bg50" and Rendering().cache_key() == ""
+    shifted = build_datasets(cfg).noise_info
+    native = build_datasets(native_cfg).noise_info
+    # idn's default noise seed is 1 (the official code's); the file names written out by hand
+    assert sorted(p.name for p in cache.iterdir()) == ["fashion_mnist-n60-render10px-bg50_idn_0.4_seed1.json",
+                                                        "fashion_mnist-n60_idn_0.4_seed1.json"]
+    assert shifted["options"]["images_sha256"] != native["options"]["images_sha256"]  # other pixels, other flips
+    again = build_datasets(cfg).noise_info  # neither build overwrote the other's cache
+    assert again["reused"] is True and again["cache_file"] == shifted["cache_file"]
+    assert build_datasets(native_cfg).noise_info["reused"] is True

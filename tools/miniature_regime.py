@@ -71,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="pre-training settings beyond the variant's, e.g. num_images=2000 epochs=1")
     args = parser.parse_args(argv)
     variant = get_variant(args.variant)
-    out = Path(args.out or ROOT / "results" / "miniature" / (
-        "regime.json" if variant.name == "shifted" else f"regime_{variant.name}.json"))
+    out = Path(args.out or ROOT / variant.regime)
     output_dir = args.output_dir or str(ROOT / "output" / "miniature_regime" / variant.name)
     opts = merge_opts(variant.grid_opts, ["num_workers=0", "progress=false", f"epochs={args.epochs}",
                                           f"output_dir={output_dir}"], args.opts)
