@@ -313,7 +313,7 @@ def fail_writes_of(monkeypatch, name: str) -> None:
     real_fsync = os.fsync
 
     def fsync(fd):
-        if os.readlink(f"/proc/self/fd/{fd}").endswith(name):  # the temporary file .tmp-XXXX<name>
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(name):  # the temporary file .tmp-<random><name>
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_fsync(fd)
 
