@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test fashion-mnist miniature-regime miniature-tables gpu-check
+.PHONY: demo test fashion-mnist miniature-regime miniature-tables miniature-diagnosis gpu-check
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -37,6 +37,11 @@ miniature-regime: $(STAMP) fashion-mnist
 # in-distribution grid, python tools/miniature_tables.py --variant in_distribution, took 1 h 55 min so).
 miniature-tables: $(STAMP) fashion-mnist
 	HF_HUB_OFFLINE=1 $(PY) tools/miniature_tables.py
+
+# After miniature-tables: why DeFT's phase 1 goes unstable on the shifted miniature (the grid's DeFT runs per
+# class, and three controls on sym 0.4 and sym 0.8; about 10 min): results/miniature/diagnosis.{json,md}.
+miniature-diagnosis: $(STAMP) fashion-mnist
+	HF_HUB_OFFLINE=1 $(PY) tools/miniature_diagnosis.py
 
 # Run first on a new machine (a few minutes; generated data, no downloads): every script on CPU and,
 # when CUDA is available, in fp32, amp and fp16 on the GPU, compared; then torchrun with 2 processes.

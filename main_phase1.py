@@ -16,7 +16,7 @@ import torch
 
 from datasets import build_datasets
 from models.build import build_deft_model, count_parameters
-from utils.clean_mask import mask_metadata as shared_mask_metadata, save_clean_mask
+from utils.clean_mask import mask_metadata as shared_mask_metadata, mask_warnings, save_clean_mask
 from utils.config import Config, build_arg_parser, resolve_config
 from utils.engine import (LossTerm, StepOutput, accuracy_summary, evaluate, make_grad_scaler, make_optimizer,
                           make_scheduler, make_test_loaders, predict, train_one_epoch)
@@ -26,7 +26,8 @@ from utils.loader import Batch, make_loader
 from lnl.losses import deft_phase1_loss
 from utils.methods import run_name
 from utils.run_dir import run_mode, run_path
-from lnl.selection import dual_prompt_selection, mask_scores, pair_probabilities, selection_record
+from lnl.selection import (class_selection_rates, dual_prompt_selection, mask_scores, pair_probabilities,
+                           selection_record)
 
 SCRIPT = "phase1"
 
@@ -44,7 +45,7 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
     train_loader = make_loader(data.train, cfg.batch_size, True, cfg.num_workers, exp.device, cfg.seed)
     test_loaders = make_test_loaders(data, cfg.batch_size, cfg.num_workers, exp.device)  # + WebVision's ImageNet val
     num_samples = len(data.train)
-    is_clean = data.train.is_clean
+    is_clean, given_labels = data.train.is_clean, data.train.given_labels
     exp.log.info(f"train {num_samples} samples, test {len(data.test)}, noise {data.noise_info}")
 
     # 2. Model: frozen CLIP + tuner + dual prompts; SGD over [tuner] and [prompt contexts].
@@ -74,7 +75,10 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
                                  cfg.progress, cfg.micro_batch_size, shared=model.text_features)
         selection, outputs = result.per_sample["selected"], result.per_sample
         record = {**result.record, "train_acc_given": 100.0 * float(outputs["correct"].mean()),
-                  "selected_frac": float(selection.mean())}
+                  "selected_frac": float(selection.mean()),
+                  # the least-selected class: a slide towards 0 is the selection collapsing onto a few classes
+                  "min_class_selected_frac": float(np.nanmin(class_selection_rates(selection, given_labels,
+                                                                                   data.num_classes)))}
         with torch.no_grad():
             text_features = model.text_features()  # once per evaluation, not per test batch
         record.update(evaluate(model, test_loaders, cfg.precision, exp.device,
@@ -91,9 +95,15 @@ def main(argv: Optional[Sequence[str]] = None, script: str = SCRIPT, defaults: O
     mask_path = save_clean_mask(exp.artifact_dir(), clean_mask, {**mask_metadata(cfg, data, num_samples, script), **scores},
                                 clean_scores=p_clean, is_clean=is_clean)
 
+    warnings = mask_warnings(clean_mask, given_labels, data.num_classes, cfg.batch_size)
+    for warning in warnings:
+        exp.log.warning(f"WARNING: {warning}")
+    per_class = class_selection_rates(clean_mask, given_labels, data.num_classes)
     summary = {"script": script, "dataset": cfg.dataset, "noise": data.noise_info,
                "num_samples": num_samples, "num_selected": int(clean_mask.sum()),
-               "clean_mask": mask_path, "mask_source": cfg.mask_source, **scores, **accuracy_summary(exp.history)}
+               "clean_mask": mask_path, "mask_source": cfg.mask_source, **scores,
+               "selected_frac_per_class": [None if np.isnan(rate) else float(rate) for rate in per_class],
+               **({"warnings": warnings} if warnings else {}), **accuracy_summary(exp.history)}
     exp.finish(summary)
     return summary
 

@@ -165,10 +165,13 @@ def _read_fashion_mnist(cfg: Any) -> RawData:
     # The shifted miniature's rendering, once at read time: the noise (idn reads pixels), training and
     # test all see the rendered images, as they would a downstream dataset's own pixels.
     rendering = Rendering.of(cfg)
+    # The noise cache is named by the draw as well: idn's noise seed is 1 whatever the seed, so without it the
+    # seeds' subsamples would take turns overwriting one file (each regenerating the other's labels).
+    draw = f"draw{cfg.seed}" if cfg.max_train_samples is not None else ""
     return RawData(render(train_images[downstream], rendering), train_labels[downstream],
                    render(test_images, rendering), test_labels, 10,
                    normalization="fashion_mnist", transforms=fashion_mnist_transforms,
-                   sample_ids=downstream.tolist(), noise_key=rendering.cache_key())
+                   sample_ids=downstream.tolist(), noise_key="-".join(k for k in (draw, rendering.cache_key()) if k))
 
 
 READERS: dict[str, Callable[[Any], RawData]] = {

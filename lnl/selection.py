@@ -94,6 +94,19 @@ def selection_record(selection: np.ndarray, is_clean: Optional[np.ndarray], pref
     return record
 
 
+def class_selection_rates(selection: np.ndarray, given_labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per class c, the fraction of the samples whose given label is c that are selected; NaN where c has none.
+
+    A detector that trains on its own selection can drop whole classes (a class rarely selected is
+    rarely predicted, so rarely pseudo-labelled, so rarely selected): these rates show it.
+    """
+    given_labels = np.asarray(given_labels)
+    totals = np.bincount(given_labels, minlength=num_classes).astype(np.float64)
+    kept = np.bincount(given_labels[np.asarray(selection, dtype=bool)], minlength=num_classes).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, kept / totals, np.nan)
+
+
 def mask_scores(mask: np.ndarray, is_clean: Optional[np.ndarray], scores: Optional[np.ndarray] = None) -> dict:
     """The `mask_*` precision/recall/F1 (and AUROC of `scores`) fields of a saved mask, or why there are none."""
     if is_clean is None:

@@ -77,6 +77,11 @@ def test_phase1_then_phase2_files_are_complete_and_consistent(world):
     assert records[0]["lr"] == pytest.approx(0.003) and records[1]["lr"] == pytest.approx(0.0015)  # cosine, T=2
     assert records[-1]["num_selected"] == int(mask.sum())  # the mask is the last epoch's selection
     assert summary["num_selected"] == int(mask.sum())
+    # Per class, the share of the samples given that label that the mask keeps (12 per class here, by hand)
+    given = np.asarray(data.train.given_labels)
+    by_hand = [int((mask & (given == c)).sum()) / int((given == c).sum()) for c in range(10)]
+    assert summary["selected_frac_per_class"] == pytest.approx(by_hand, abs=1e-12)
+    assert records[-1]["min_class_selected_frac"] == pytest.approx(min(by_hand), abs=1e-12)
 
     result = _phase2(world)
     run2 = world["output"] / "phase2" / "cifar10" / "sym0.4_seed0"

@@ -22,7 +22,8 @@ import main_phase2
 import utils.experiment as utils_experiment
 import utils.io as utils_io
 from models import timm_backbones
-from utils.clean_mask import mask_metadata, save_clean_mask
+from lnl.selection import class_selection_rates
+from utils.clean_mask import mask_metadata, mask_warnings, save_clean_mask
 from experiments.collect_results import collect
 from utils.config import ConfigError, apply_overrides, load_yaml, Config
 from utils.cli import run_cli
@@ -172,6 +173,22 @@ def hand_made_mask(world, folder: Path, keep) -> str:
     folder.mkdir(parents=True)
     return save_clean_mask(str(folder), keep(np.arange(len(data.train)), data.train.given_labels),
                            mask_metadata(cfg, data, len(data.train), "test", "hand-made", "hand-made"))
+
+
+def test_a_mask_that_keeps_some_classes_far_less_than_others_is_flagged():
+    # 4 classes of 10 samples each (class 4 has none): kept 8, 8, 2 and 0 -> overall 18/40 = 45%; half of it is
+    # 22.5%, so class 2 (20%) is rare, class 3 (0%) and class 4 (no sample) are missing
+    given = np.repeat(np.arange(4), 10)
+    mask = np.zeros(40, bool)
+    mask[0:8] = mask[10:18] = mask[20:22] = True
+    rates = class_selection_rates(mask, given, 5)
+    assert rates[:4].tolist() == [0.8, 0.8, 0.2, 0.0] and np.isnan(rates[4])
+    assert mask_warnings(mask, given, 5, batch_size=16) == [
+        "the clean mask keeps no sample of 2 of 5 classes (3, 4)",
+        "the clean mask keeps 1 of 5 classes at under half its overall rate of 45% (2: 20%): the selection may "
+        "have collapsed onto a few classes"]
+    mask[22] = True  # class 2 at 30%, overall 47.5%: no longer under half
+    assert mask_warnings(mask, given, 5, batch_size=16) == ["the clean mask keeps no sample of 2 of 5 classes (3, 4)"]
 
 
 def test_an_empty_mask_stops_phase2_and_a_tiny_one_is_flagged(world, tmp_path, capsys):

@@ -97,9 +97,29 @@ def test_each_rendering_keeps_its_own_idn_noise_cache(tmp_path):
     shifted = build_datasets(cfg).noise_info
     native = build_datasets(native_cfg).noise_info
     # idn's default noise seed is 1 (the official code's); the file names written out by hand
-    assert sorted(p.name for p in cache.iterdir()) == ["fashion_mnist-n60-render10px-bg50_idn_0.4_seed1.json",
-                                                        "fashion_mnist-n60_idn_0.4_seed1.json"]
+    assert sorted(p.name for p in cache.iterdir()) == ["fashion_mnist-n60-draw0-render10px-bg50_idn_0.4_seed1.json",
+                                                        "fashion_mnist-n60-draw0_idn_0.4_seed1.json"]
     assert shifted["options"]["images_sha256"] != native["options"]["images_sha256"]  # other pixels, other flips
     again = build_datasets(cfg).noise_info  # neither build overwrote the other's cache
     assert again["reused"] is True and again["cache_file"] == shifted["cache_file"]
     assert build_datasets(native_cfg).noise_info["reused"] is True
+
+
+def test_each_seeds_subsample_keeps_its_own_idn_noise_cache(tmp_path, caplog):
+    """idn's noise seed is 1 for every seed, but each seed draws other training images: two seeds (run side by
+    side in a grid) keep two cache files, and neither regenerates the other's labels."""
+    require_fashion_mnist(DATA)
+    cache = tmp_path / "noise"
+    cfgs = [apply_overrides(Config(), {**load_yaml("config/demo/shifted/PEFT/fashion_mnist.yaml"),
+                                       "noise_mode": "idn", "noise_ratio": 0.4, "max_train_samples": 60,
+                                       "max_test_samples": 10, "seed": seed, "output_dir": str(tmp_path),
+                                       "noise_cache_dir": str(cache)}, "test") for seed in (0, 1)]
+    first = [build_datasets(cfg) for cfg in cfgs]
+    assert sorted(p.name for p in cache.iterdir()) == [f"fashion_mnist-n60-draw{seed}-render10px-bg50_idn_0.4_seed1.json"
+                                                        for seed in (0, 1)]
+    assert first[0].noise_info["options"]["images_sha256"] != first[1].noise_info["options"]["images_sha256"]
+    with caplog.at_level("WARNING"):
+        again = [build_datasets(cfg) for cfg in cfgs]
+    assert [data.noise_info["reused"] for data in again] == [True, True] and "regenerating" not in caplog.text
+    for before, after in zip(first, again):
+        assert np.array_equal(before.train.given_labels, after.train.given_labels)

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from lnl.selection import class_selection_rates
 from utils import distributed
 from utils.errors import UserError
 from utils.io import atomic_save_numpy, atomic_write_json
@@ -125,18 +126,28 @@ def load_clean_mask(mask_path: str, expected: dict) -> tuple[np.ndarray, dict]:
     return mask, meta
 
 
+RARE_CLASS_RATE = 0.5  # a class kept at under half the overall rate is reported as rare
+
+
 def mask_warnings(mask: np.ndarray, given_labels: np.ndarray, num_classes: int, batch_size: int) -> list[str]:
-    """Loud warnings for a mask that is legal but suspicious: fewer samples than one batch, or
-    classes with no kept sample (phase 2 could never predict them)."""
+    """Loud warnings for a mask that is legal but suspicious: fewer samples than one batch, classes
+    with no kept sample (phase 2 could never predict them), or classes kept at under half the overall
+    rate (a selection that collapsed onto a few classes: docs/failure_behaviour.md)."""
     warnings = []
     kept = int(mask.sum())
     if kept < batch_size:
         warnings.append(f"the clean mask keeps only {kept} samples, fewer than one batch ({batch_size})")
-    counts = np.bincount(np.asarray(given_labels)[mask], minlength=num_classes)
-    missing = np.flatnonzero(counts == 0)
+    rates = class_selection_rates(mask, given_labels, num_classes)
+    missing = np.flatnonzero(np.nan_to_num(rates, nan=0.0) == 0)  # also a class no sample is labelled with
     if len(missing):
         shown = ", ".join(str(c) for c in missing[:20]) + (" ..." if len(missing) > 20 else "")
         warnings.append(f"the clean mask keeps no sample of {len(missing)} of {num_classes} classes ({shown})")
+    overall = kept / max(mask.size, 1)
+    rare = np.flatnonzero((rates > 0) & (rates < RARE_CLASS_RATE * overall))
+    if len(rare):
+        shown = ", ".join(f"{c}: {100 * rates[c]:.0f}%" for c in rare[:20]) + (" ..." if len(rare) > 20 else "")
+        warnings.append(f"the clean mask keeps {len(rare)} of {num_classes} classes at under half its overall rate "
+                        f"of {100 * overall:.0f}% ({shown}): the selection may have collapsed onto a few classes")
     return warnings
 
 
