@@ -59,6 +59,12 @@ def test_the_diagnosis_reads_the_grid_runs_per_class_and_runs_its_controls_on_th
     assert summary["selected_frac_per_class"] == pytest.approx([None if v is None else mask[given == c].mean()
                                                                 for c, v in enumerate(by_hand)])
 
+    # Every detector's masks in the grid, summarised the same way (here DeFT's one run)
+    assert diagnosis["detectors"] == {"DeFT": {
+        "runs": 1, "runs_with_dropped_classes": int(bool(record["rare_classes"])),
+        "dropped_classes": len(record["rare_classes"]), "most_dropped_in_a_run": len(record["rare_classes"]),
+        "lowest_class_share": min(v for v in by_hand if v is not None), "smallest_mask": record["kept"]}}
+
     # The controls: the grid's labels, the schedule given, one part removed
     given_in_dp = diagnosis["controls"]["given_labels_in_dp"]["runs"]["sym0.4_seed0"]
     assert given_in_dp["given_labels_sha256"] == record["given_labels_sha256"]

@@ -8,7 +8,9 @@ are diagnostics in their own folder (output/miniature_diagnosis/), never rows of
 1. Every DeFT phase-1 run of the grid: the positive-prompt test accuracy after the warm-up epoch, the
    final accuracy and mask F1, and per class the share of the samples given that label that the mask
    keeps; the classes kept at under half the overall rate are the ones the selection dropped.
-2. Controls on the given cells (default sym 0.4 and sym 0.8, where DeFT lost) with the grid's seeds and
+2. The same per-class count for every detector's mask in the grid (label-match, small-loss, GMM, TURN,
+   Robust Similarity, DeFT): whether dropping classes is DeFT's alone, and how far each detector goes.
+3. Controls on the given cells (default sym 0.4 and sym 0.8, where DeFT lost) with the grid's seeds and
    settings, each removing one part of what happens after the warm-up epoch:
    - `no_switch`: warm-up in every epoch (L_sim on every given label, L_dp with the given labels; the
      selection is still made and scored);
@@ -48,6 +50,7 @@ from utils.config import Config, apply_overrides  # noqa: E402
 from utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 from utils.run_dir import read_metrics  # noqa: E402
 
+NUM_CLASSES = 10  # Fashion-MNIST
 SCHEDULE = ("epochs=10", "warmup=1")  # the grid's phase-1 schedule (grids/miniature.yaml)
 CONTROLS = {  # name -> (--opts beyond the grid's, for E epochs; noise of the cell (True) or none; what it removes)
     "no_switch": (lambda epochs: [f"warmup={epochs}"], True,
@@ -82,6 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         raise SystemExit(f"error: no DeFT phase-1 run under {grid_root}; run the grid first (make miniature-tables)")
     grid = {run.name: run_record(run) for run in grid_runs}
     print(f"== {len(grid)} DeFT phase-1 runs of the grid read from {grid_root}", flush=True)
+    detectors = detector_summary(Path(args.grid_output))
 
     base_opts = merge_opts(variant.grid_opts, ["num_workers=0", "progress=false", *SCHEDULE,
                                                f"output_dir={args.output_dir}"], args.opts)
@@ -109,6 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "rare_class_rule": f"kept at under {RARE_CLASS_RATE:g} x the mask's overall rate",
         "grid_output": os.path.relpath(args.grid_output, ROOT),
         "grid": grid,
+        "detectors": detectors,
         "controls": {name: {"what": CONTROLS[name][2], "runs": runs} for name, runs in controls.items()},
         "seed_order_agreement": seed_order_agreement(grid),
         "command": " ".join(["python tools/miniature_diagnosis.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -127,30 +132,62 @@ def split_cell(cell: str) -> tuple[str, str]:
     return mode, cell[len(mode):]
 
 
+def run_labels(run: Path) -> np.ndarray:
+    """The given labels a run's mask was made on, rebuilt from its config.yaml and checked against the mask's hash."""
+    meta = json.loads((run / META_FILE).read_text(encoding="utf-8"))
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    given = np.asarray(build_datasets(apply_overrides(Config(), config, str(run / "config.yaml"))).train.given_labels)
+    if labels_sha256(given) != meta["given_labels_sha256"]:
+        raise SystemExit(f"error: {run}: the labels rebuilt from its config.yaml are not the ones its mask was made on")
+    return given
+
+
+def mask_by_class(mask: np.ndarray, given: np.ndarray, num_classes: int) -> dict:
+    """The share kept overall and per class (%), and the classes kept at under half the overall share."""
+    rates = class_selection_rates(mask, given, num_classes)
+    overall = float(mask.mean())
+    return {"kept": round(100 * overall, 2),
+            "kept_per_class": [None if np.isnan(r) else round(100 * float(r), 1) for r in rates],
+            "rare_classes": [int(c) for c in np.flatnonzero(np.nan_to_num(rates, nan=1.0) < RARE_CLASS_RATE * overall)]}
+
+
 def run_record(run: Path) -> dict:
-    """What one DeFT phase-1 run says about its selection, per class included (labels rebuilt from its config)."""
+    """What one DeFT phase-1 run says about its selection, per class included."""
     records = read_metrics(str(run))
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     meta = json.loads((run / META_FILE).read_text(encoding="utf-8"))
-    mask = np.load(run / MASK_FILE)
-    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    cfg = apply_overrides(Config(), config, str(run / "config.yaml"))
-    given = np.asarray(build_datasets(cfg).train.given_labels)
-    if labels_sha256(given) != meta["given_labels_sha256"]:
-        raise SystemExit(f"error: {run}: the labels rebuilt from its config.yaml are not the ones its mask was made on")
-    rates = class_selection_rates(mask, given, cfg.num_class)
-    overall = float(mask.mean())
-    rare = [int(c) for c in np.flatnonzero(np.nan_to_num(rates, nan=1.0) < RARE_CLASS_RATE * overall)]
+    warmup = int(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["warmup"])
+    given = run_labels(run)
     return {
-        "test_acc_after_warmup": round(records[min(cfg.warmup, len(records)) - 1]["test_acc"], 2),
+        "test_acc_after_warmup": round(records[min(max(warmup, 1), len(records)) - 1]["test_acc"], 2),
         "last_test_acc": round(summary["last_test_acc"], 2),
         "mask_f1": None if summary.get("mask_f1") is None else round(100 * summary["mask_f1"], 2),
-        "kept": round(100 * overall, 2),
-        "kept_per_class": [None if np.isnan(r) else round(100 * float(r), 1) for r in rates],
-        "rare_classes": rare,
+        **mask_by_class(np.load(run / MASK_FILE), given, NUM_CLASSES),
         "given_labels_sha256": meta["given_labels_sha256"],
         "run": os.path.relpath(run, ROOT),
     }
+
+
+def detector_summary(grid_output: Path) -> dict:
+    """Per detector (the `method` of each clean_mask.json under the grid): how many runs keep some class at under
+    half the overall share, how many such classes in all and at most in one run, the lowest class share and the
+    smallest mask (%). Labels come from DeFT's run on the same labels (by hash), else from the run's config."""
+    labels: dict[str, np.ndarray] = {}
+    found: dict[str, list[dict]] = {}
+    for meta_path in sorted(grid_output.glob(f"*/*/*/{META_FILE}")):
+        run = meta_path.parent
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        sha = meta["given_labels_sha256"]
+        if sha not in labels:
+            labels[sha] = run_labels(run)
+        record = mask_by_class(np.load(run / MASK_FILE), labels[sha], NUM_CLASSES)
+        found.setdefault(meta.get("method") or run.parent.parent.name, []).append(record)
+    return {method: {"runs": len(rs), "runs_with_dropped_classes": sum(1 for r in rs if r["rare_classes"]),
+                     "dropped_classes": sum(len(r["rare_classes"]) for r in rs),
+                     "most_dropped_in_a_run": max(len(r["rare_classes"]) for r in rs),
+                     "lowest_class_share": min(min(v for v in r["kept_per_class"] if v is not None) for r in rs),
+                     "smallest_mask": min(r["kept"] for r in rs)}
+            for method, rs in sorted(found.items())}
 
 
 def same_labels(control: dict, grid_run: Optional[dict], name: str) -> None:
@@ -196,6 +233,13 @@ def markdown(diagnosis: dict) -> str:
     lines += ["", f"In {order['agree']} of {order['cells']} noise cells the seed with the higher test accuracy after "
               "the warm-up epoch ends with the higher mask F1" +
               (f" (not in {', '.join(order['disagree'])})." if order["disagree"] else "."), ""]
+    lines += ["## Every detector's masks in the grid, per class", "",
+              "| detector | runs | runs that drop a class | classes dropped in all | most in one run | "
+              "lowest class share % | smallest mask % |", "|---|---|---|---|---|---|---|"]
+    for method, d in diagnosis["detectors"].items():
+        lines.append(f"| {method} | {d['runs']} | {d['runs_with_dropped_classes']} | {d['dropped_classes']} | "
+                     f"{d['most_dropped_in_a_run']} | {d['lowest_class_share']:.0f} | {d['smallest_mask']:.0f} |")
+    lines.append("")
     if diagnosis["controls"]:
         lines += ["## Controls (the grid's cells, seeds, labels and settings; one part of the objective removed)", "",
                   "| variant | what | cell | mask F1 (per seed) | last test acc (per seed) | dropped classes (per seed) |",
