@@ -39,7 +39,7 @@ miniature-tables: $(STAMP) fashion-mnist
 	HF_HUB_OFFLINE=1 $(PY) tools/miniature_tables.py
 
 # After miniature-tables: why DeFT's phase 1 goes unstable on the shifted miniature (the grid's DeFT runs per
-# class, and three controls on sym 0.4 and sym 0.8; about 5 min): results/miniature/diagnosis.{json,md}.
+# class, and three controls on sym 0.4 and sym 0.8; 5 min measured): results/miniature/diagnosis.{json,md}.
 miniature-diagnosis: $(STAMP) fashion-mnist
 	HF_HUB_OFFLINE=1 $(PY) tools/miniature_diagnosis.py
 
