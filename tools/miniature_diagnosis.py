@@ -83,9 +83,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     grid_runs = sorted(p.parent for p in grid_root.glob("*/*/summary.json"))
     if not grid_runs:
         raise SystemExit(f"error: no DeFT phase-1 run under {grid_root}; run the grid first (make miniature-tables)")
-    grid = {run.name: run_record(run) for run in grid_runs}
+    labels: dict[str, np.ndarray] = {}  # given labels by their hash: each labelling is rebuilt once
+    grid = {run.name: run_record(run, labels) for run in grid_runs}
     print(f"== {len(grid)} DeFT phase-1 runs of the grid read from {grid_root}", flush=True)
-    detectors = detector_summary(Path(args.grid_output))
+    detectors = detector_summary(Path(args.grid_output), labels)
 
     base_opts = merge_opts(variant.grid_opts, ["num_workers=0", "progress=false", *SCHEDULE,
                                                f"output_dir={args.output_dir}"], args.opts)
@@ -101,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 main_phase1.main(["--cfg", str(variant.peft), "--noise_mode", mode, "--noise_ratio", ratio,
                                   "--overwrite", "--opts", *opts])
                 run = Path(args.output_dir) / name / "phase1" / "fashion_mnist" / f"{cell}_seed{seed}"
-                record = run_record(run)
+                record = run_record(run, labels)
                 if noisy:
                     same_labels(record, grid.get(run.name), run.name)
                 controls.setdefault(name, {})[run.name] = record
@@ -132,13 +133,17 @@ def split_cell(cell: str) -> tuple[str, str]:
     return mode, cell[len(mode):]
 
 
-def run_labels(run: Path) -> np.ndarray:
-    """The given labels a run's mask was made on, rebuilt from its config.yaml and checked against the mask's hash."""
+def run_labels(run: Path, labels: dict[str, np.ndarray]) -> np.ndarray:
+    """The given labels a run's mask was made on: from `labels` (by hash), else rebuilt from its config.yaml and
+    checked against the mask's hash (and kept in `labels`)."""
     meta = json.loads((run / META_FILE).read_text(encoding="utf-8"))
+    if meta["given_labels_sha256"] in labels:
+        return labels[meta["given_labels_sha256"]]
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     given = np.asarray(build_datasets(apply_overrides(Config(), config, str(run / "config.yaml"))).train.given_labels)
     if labels_sha256(given) != meta["given_labels_sha256"]:
         raise SystemExit(f"error: {run}: the labels rebuilt from its config.yaml are not the ones its mask was made on")
+    labels[meta["given_labels_sha256"]] = given
     return given
 
 
@@ -151,13 +156,13 @@ def mask_by_class(mask: np.ndarray, given: np.ndarray, num_classes: int) -> dict
             "rare_classes": [int(c) for c in np.flatnonzero(np.nan_to_num(rates, nan=1.0) < RARE_CLASS_RATE * overall)]}
 
 
-def run_record(run: Path) -> dict:
+def run_record(run: Path, labels: dict[str, np.ndarray]) -> dict:
     """What one DeFT phase-1 run says about its selection, per class included."""
     records = read_metrics(str(run))
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     meta = json.loads((run / META_FILE).read_text(encoding="utf-8"))
     warmup = int(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["warmup"])
-    given = run_labels(run)
+    given = run_labels(run, labels)
     return {
         "test_acc_after_warmup": round(records[min(max(warmup, 1), len(records)) - 1]["test_acc"], 2),
         "last_test_acc": round(summary["last_test_acc"], 2),
@@ -168,19 +173,15 @@ def run_record(run: Path) -> dict:
     }
 
 
-def detector_summary(grid_output: Path) -> dict:
+def detector_summary(grid_output: Path, labels: dict[str, np.ndarray]) -> dict:
     """Per detector (the `method` of each clean_mask.json under the grid): how many runs keep some class at under
     half the overall share, how many such classes in all and at most in one run, the lowest class share and the
-    smallest mask (%). Labels come from DeFT's run on the same labels (by hash), else from the run's config."""
-    labels: dict[str, np.ndarray] = {}
+    smallest mask (%)."""
     found: dict[str, list[dict]] = {}
     for meta_path in sorted(grid_output.glob(f"*/*/*/{META_FILE}")):
         run = meta_path.parent
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        sha = meta["given_labels_sha256"]
-        if sha not in labels:
-            labels[sha] = run_labels(run)
-        record = mask_by_class(np.load(run / MASK_FILE), labels[sha], NUM_CLASSES)
+        record = mask_by_class(np.load(run / MASK_FILE), run_labels(run, labels), NUM_CLASSES)
         found.setdefault(meta.get("method") or run.parent.parent.name, []).append(record)
     return {method: {"runs": len(rs), "runs_with_dropped_classes": sum(1 for r in rs if r["rare_classes"]),
                      "dropped_classes": sum(len(r["rare_classes"]) for r in rs),
