@@ -107,6 +107,12 @@ def class_selection_rates(selection: np.ndarray, given_labels: np.ndarray, num_c
         return np.where(totals > 0, kept / totals, np.nan)
 
 
+def underselected_classes(rates: np.ndarray, overall_rate: float, fraction: float = 0.5) -> list[int]:
+    """The classes whose selection rate (`class_selection_rates`) is under `fraction` x the overall rate
+    (classes with no sample, NaN, are not among them)."""
+    return [int(c) for c in np.flatnonzero(np.nan_to_num(rates, nan=np.inf) < fraction * overall_rate)]
+
+
 def mask_scores(mask: np.ndarray, is_clean: Optional[np.ndarray], scores: Optional[np.ndarray] = None) -> dict:
     """The `mask_*` precision/recall/F1 (and AUROC of `scores`) fields of a saved mask, or why there are none."""
     if is_clean is None:

@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
 import main_phase1  # noqa: E402
 from datasets import build_datasets  # noqa: E402
 from datasets.noise import labels_sha256  # noqa: E402
-from lnl.selection import class_selection_rates  # noqa: E402
+from lnl.selection import class_selection_rates, underselected_classes  # noqa: E402
 from tools.miniature_regime import merge_opts  # noqa: E402
 from tools.miniature_variants import DEFAULT_VARIANT, VARIANTS, get_variant  # noqa: E402
 from utils.clean_mask import META_FILE, MASK_FILE, RARE_CLASS_RATE  # noqa: E402
@@ -153,7 +153,7 @@ def mask_by_class(mask: np.ndarray, given: np.ndarray, num_classes: int) -> dict
     overall = float(mask.mean())
     return {"kept": round(100 * overall, 2),
             "kept_per_class": [None if np.isnan(r) else round(100 * float(r), 1) for r in rates],
-            "rare_classes": [int(c) for c in np.flatnonzero(np.nan_to_num(rates, nan=1.0) < RARE_CLASS_RATE * overall)]}
+            "rare_classes": underselected_classes(rates, overall, RARE_CLASS_RATE)}
 
 
 def run_record(run: Path, labels: dict[str, np.ndarray]) -> dict:

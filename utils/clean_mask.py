@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lnl.selection import class_selection_rates
+from lnl.selection import class_selection_rates, underselected_classes
 from utils import distributed
 from utils.errors import UserError
 from utils.io import atomic_save_numpy, atomic_write_json
@@ -143,7 +143,7 @@ def mask_warnings(mask: np.ndarray, given_labels: np.ndarray, num_classes: int, 
         shown = ", ".join(str(c) for c in missing[:20]) + (" ..." if len(missing) > 20 else "")
         warnings.append(f"the clean mask keeps no sample of {len(missing)} of {num_classes} classes ({shown})")
     overall = kept / max(mask.size, 1)
-    rare = np.flatnonzero((rates > 0) & (rates < RARE_CLASS_RATE * overall))
+    rare = [c for c in underselected_classes(rates, overall, RARE_CLASS_RATE) if rates[c] > 0]  # 0: said above
     if len(rare):
         shown = ", ".join(f"{c}: {100 * rates[c]:.0f}%" for c in rare[:20]) + (" ..." if len(rare) > 20 else "")
         warnings.append(f"the clean mask keeps {len(rare)} of {num_classes} classes at under half its overall rate "
