@@ -8,9 +8,11 @@ checkpoint path (an OpenAI TorchScript `.pt`, an open_clip state dict or `.safet
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import zipfile
-from typing import Optional
+from typing import Iterator, Optional
 
 import open_clip
 import torch
@@ -59,6 +61,23 @@ def resolve_backbone(backbone: str, pretrained: Optional[str]) -> tuple[str, Opt
     return name, pretrained
 
 
+class _RandomInitNotice(logging.Filter):
+    """Drops open_clip's root-logger warning that a model built without weights is initialised randomly."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _quiet_random_init_notice() -> Iterator[None]:
+    notice = _RandomInitNotice()
+    logging.getLogger().addFilter(notice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(notice)
+
+
 def _is_torchscript_archive(path: str) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -92,7 +111,8 @@ def load_clip(backbone: str, pretrained: Optional[str] = None, precision: str = 
     name, pretrained = resolve_backbone(backbone, pretrained)
     oc_precision = "fp16" if precision == "fp16" else "fp32"
     if pretrained is None:
-        model = open_clip.create_model(name, pretrained=None, precision=oc_precision, device=device)
+        with _quiet_random_init_notice():  # random weights are what was asked for ("none")
+            model = open_clip.create_model(name, pretrained=None, precision=oc_precision, device=device)
     elif os.path.isfile(pretrained):
         model = _load_weight_file(name, pretrained, oc_precision, device)
     elif os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):

@@ -1,8 +1,12 @@
 """DeFT model: logits against a hand route, gradient routing of L_dp and L_sim, phase-2 classifier."""
+import logging
+
+import open_clip
 import torch
 import torch.nn.functional as F
 
 from models.classifier import CLIPClassifier
+from models.clip_loader import load_clip
 from models.zero_shot import TEMPLATE_SETS, zero_shot_classifier
 from models.deft import DeFTModel
 from models.peft import TuningConfig
@@ -77,3 +81,14 @@ def test_phase2_classifier_heads(tiny_clip, tiny_tokenizer):
     text = zero_shot_classifier(tiny_clip, tiny_tokenizer, NAMES, TEMPLATE_SETS["simple"])
     expected = text_model.image_encoder.project(features) @ text.t()
     assert torch.allclose(text_model(images) - text_model.head.bias, expected, atol=1e-5)
+
+
+def test_random_weights_asked_for_come_without_open_clips_random_init_warning(caplog):
+    # `pretrained: none` (the miniature's pre-training starts so) is a request, not a failure to load
+    with caplog.at_level(logging.WARNING):
+        load_clip("deft-tiny-vit", "none")
+    assert "No pretrained weights loaded" not in caplog.text
+    assert not logging.getLogger().filters  # the filter is gone after the build
+    with caplog.at_level(logging.WARNING):  # open_clip itself still says it, elsewhere
+        open_clip.create_model("deft-tiny-vit", pretrained=None)
+    assert "No pretrained weights loaded for model 'deft-tiny-vit'" in caplog.text
