@@ -338,22 +338,16 @@ def table_specs(rows: list[dict]) -> list[tuple[TableSpec, list[dict]]]:
                     title = f"{dataset}: test accuracy, {METRIC_NAMES[metric]} (%), backbone {backbone}"
                     specs.append((TableSpec(title, {"dataset": dataset, "backbone": backbone, "metric": metric},
                                             "method", "noise", ACCURACY_ORDER), subset))
-    det = [r for r in detection if r["noise"] == "real"]
-    for backbone in sorted({r["backbone"] for r in det}):
-        subset = [r for r in det if r["backbone"] == backbone]
-        for metric in DETECTION_METRICS:
-            if present(subset, metric):
-                specs.append((TableSpec(f"real-world noise: detection {METRIC_NAMES[metric]} (%), backbone {backbone}",
-                                        {"noise": "real", "backbone": backbone, "metric": metric},
-                                        "method", "dataset", DETECTION_ORDER), subset))
-    acc = [r for r in trained if r["noise"] == "real"]
-    for backbone in sorted({r["backbone"] for r in acc}):
-        subset = [r for r in acc if r["backbone"] == backbone]
-        for metric in ACCURACY_METRICS:
-            if present(subset, metric):
-                title = f"real-world noise: test accuracy, {METRIC_NAMES[metric]} (%), backbone {backbone}"
-                specs.append((TableSpec(title, {"noise": "real", "backbone": backbone, "metric": metric},
-                                        "method", "dataset", ACCURACY_ORDER), subset))
+    for kind_rows, what, metrics, order in ((detection, "detection", DETECTION_METRICS, DETECTION_ORDER),
+                                            (trained, "test accuracy,", ACCURACY_METRICS, ACCURACY_ORDER)):
+        real = [r for r in kind_rows if r["noise"] == "real"]
+        for backbone in sorted({r["backbone"] for r in real}):
+            subset = [r for r in real if r["backbone"] == backbone]
+            for metric in metrics:
+                if present(subset, metric):
+                    title = f"real-world noise: {what} {METRIC_NAMES[metric]} (%), backbone {backbone}"
+                    specs.append((TableSpec(title, {"noise": "real", "backbone": backbone, "metric": metric},
+                                            "method", "dataset", order), subset))
     for dataset in sorted({r["dataset"] for r in trained}):
         acc = [r for r in trained if r["dataset"] == dataset]
         for noise in sorted({r["noise"] for r in acc}, key=_noise_key):
